@@ -1,0 +1,89 @@
+"""The `vaultkeeper` command: a click group that wires one module per command group.
+
+Commands parse arguments, call one library function and render the result (human text or
+``--json``). Errors derive from :class:`vaultkeeper.errors.VaultkeeperError`; :func:`main` turns
+them into a message (JSON when ``--json`` was given) and the documented exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from vaultkeeper import __version__
+from vaultkeeper.errors import Interrupted, VaultkeeperError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vaultkeeper")
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    envvar="VAULTKEEPER_CONFIG",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Config file (default: $VAULTKEEPER_CONFIG, else /etc/vaultkeeper/continuity.yml).",
+)
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Immutable, verified backups of PostgreSQL and ledgers, and restore drills that prove them."""
+    ctx.obj = {"config_path": config_path}
+
+
+def _register() -> None:
+    from vaultkeeper.cli import audit, ledger
+
+    cli.add_command(ledger.ledger)
+    cli.add_command(audit.audit)
+
+
+_register()
+
+
+def _wants_json(argv: list[str]) -> bool:
+    return "--json" in argv
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = cli.main(args=args, prog_name="vaultkeeper", standalone_mode=False)
+    except VaultkeeperError as exc:
+        _report(exc, args)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        exc2 = Interrupted()
+        _report(exc2, args)
+        sys.exit(exc2.exit_code)
+    except click.exceptions.Abort:
+        _report(Interrupted(), args)
+        sys.exit(130)
+    except click.ClickException as exc:
+        if _wants_json(args):
+            click.echo(json.dumps(_usage_json(exc)), err=False)
+        else:
+            exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_json(exc: click.ClickException) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "type": "vaultkeeper.error",
+        "error": "usage",
+        "exit_code": exc.exit_code,
+        "message": exc.format_message(),
+        "details": {},
+    }
+
+
+def _report(exc: VaultkeeperError, args: list[str]) -> None:
+    if _wants_json(args):
+        click.echo(json.dumps(exc.to_json(), sort_keys=True))
+    else:
+        click.echo(f"vaultkeeper: error: {exc.message}", err=True)
