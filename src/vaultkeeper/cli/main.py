@@ -35,10 +35,18 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 def _register() -> None:
-    from vaultkeeper.cli import audit, ledger
+    from vaultkeeper.cli import audit, backup, keys, ledger, restore, snapshots, verify
 
-    cli.add_command(ledger.ledger)
-    cli.add_command(audit.audit)
+    for command in (
+        keys.keys,
+        backup.backup,
+        snapshots.snapshots,
+        verify.verify,
+        restore.restore,
+        ledger.ledger,
+        audit.audit,
+    ):
+        cli.add_command(command)
 
 
 _register()

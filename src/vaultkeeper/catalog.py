@@ -1,0 +1,80 @@
+"""Read-only view of the snapshots in a store: which exist (have a manifest) and what they say."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from vaultkeeper.errors import NotFound, ObjectNotFound
+from vaultkeeper.manifest import (
+    MalformedManifest,
+    SignedManifest,
+    manifest_key,
+    parse,
+    snapshot_id_from_manifest_key,
+)
+from vaultkeeper.store.base import ObjectStore
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One snapshot directory that has a manifest; ``problem`` is set when it does not verify."""
+
+    snapshot_id: str
+    manifest: SignedManifest | None
+    problem: str | None
+
+    @property
+    def valid(self) -> bool:
+        return self.manifest is not None and self.problem is None
+
+
+def snapshot_ids(store: ObjectStore) -> list[str]:
+    """Ids of snapshots whose manifest exists, oldest first. Parts without one are not snapshots."""
+    ids = []
+    for key in store.list("snapshots/"):
+        sid = snapshot_id_from_manifest_key(key)
+        if sid is not None:
+            ids.append(sid)
+    return sorted(ids)
+
+
+def load(store: ObjectStore, snapshot_id: str, trusted: dict[str, Ed25519PublicKey]) -> Entry:
+    key = manifest_key(snapshot_id)
+    try:
+        # The locked original is the truth: a newer version stacked on the key is ignored here
+        # (and reported by verify as version_stacked).
+        versions = store.versions(key)
+        original = versions[-1].version_id if versions else None
+        data = store.get(key, original)
+    except ObjectNotFound:
+        raise NotFound(
+            f"snapshot {snapshot_id} not found in {store.url} (no manifest: it does not exist "
+            "or was never committed)",
+            snapshot_id=snapshot_id,
+        ) from None
+    try:
+        signed = parse(data, trusted)
+    except MalformedManifest as exc:
+        return Entry(snapshot_id, None, f"manifest is malformed: {exc}")
+    problem = signed.signature_problem
+    if problem is None and signed.snapshot_id != snapshot_id:
+        problem = f"manifest claims snapshot id {signed.snapshot_id}, but is stored as {snapshot_id}"
+    return Entry(snapshot_id, signed, problem)
+
+
+def entries(store: ObjectStore, trusted: dict[str, Ed25519PublicKey]) -> list[Entry]:
+    return [load(store, sid, trusted) for sid in snapshot_ids(store)]
+
+
+def latest_valid(
+    store: ObjectStore, trusted: dict[str, Ed25519PublicKey], source: str | None = None
+) -> Entry:
+    for entry in reversed(entries(store, trusted)):
+        if not entry.valid or entry.manifest is None:
+            continue
+        if source is None or entry.manifest.body.get("source", {}).get("name") == source:
+            return entry
+    what = f" of source {source}" if source else ""
+    raise NotFound(f"no valid snapshot{what} in {store.url}")

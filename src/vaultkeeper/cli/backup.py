@@ -1,0 +1,31 @@
+"""`vaultkeeper backup`: take a snapshot of a configured source."""
+
+from __future__ import annotations
+
+import click
+
+from vaultkeeper.backup import backup_postgres
+from vaultkeeper.cli.common import context, emit_json, human_bytes, json_option
+
+
+@click.group()
+def backup() -> None:
+    """Take snapshots."""
+
+
+@backup.command("postgres")
+@click.option("--job", required=True, help="A backup-postgres job from the config.")
+@json_option
+@click.pass_context
+def postgres(ctx: click.Context, job: str, as_json: bool) -> int:
+    """Dump a PostgreSQL database into a new encrypted, locked, signed snapshot."""
+    result = backup_postgres(context(ctx), job, show_progress=None if not as_json else False)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo(
+            f"snapshot {result.snapshot_id} committed to {result.store}: "
+            f"{human_bytes(result.bytes)} dumped, {human_bytes(result.stored_bytes)} stored in "
+            f"{result.parts} parts, {result.tables} tables fingerprinted, {result.seconds:.1f}s"
+        )
+    return 0

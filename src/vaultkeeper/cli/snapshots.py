@@ -1,0 +1,58 @@
+"""`vaultkeeper snapshots`: what the store holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from vaultkeeper import catalog
+from vaultkeeper.cli.common import context, emit_json, human_bytes, json_option, store_option, table
+
+
+@click.group()
+def snapshots() -> None:
+    """Inspect snapshots."""
+
+
+def _row(entry: catalog.Entry) -> dict[str, Any]:
+    body = entry.manifest.body if entry.manifest else {}
+    arts = body.get("artifacts", [])
+    return {
+        "snapshot_id": entry.snapshot_id,
+        "valid": entry.valid,
+        "problem": entry.problem,
+        "kind": body.get("kind"),
+        "job": body.get("job"),
+        "source": (body.get("source") or {}).get("name"),
+        "created_at": body.get("created_at"),
+        "bytes": sum(a.get("size", 0) for a in arts),
+        "stored_bytes": sum(p.get("size", 0) for a in arts for p in a.get("parts", [])),
+        "retain_until": (body.get("lock") or {}).get("retain_until"),
+        "lock_mode": (body.get("lock") or {}).get("mode"),
+    }
+
+
+@snapshots.command("list")
+@store_option
+@json_option
+@click.pass_context
+def list_(ctx: click.Context, store_name: str | None, as_json: bool) -> int:
+    """List committed snapshots (those with a manifest), oldest first."""
+    c = context(ctx)
+    name, _, store = c.store(store_name)
+    rows = [_row(e) for e in catalog.entries(store, c.trusted)]
+    if as_json:
+        emit_json({"schema_version": 1, "type": "vaultkeeper.snapshot_list", "store": name,
+                   "snapshots": rows})
+        return 0
+    if not rows:
+        click.echo(f"no snapshots in {name} ({store.url})")
+        return 0
+    click.echo(table(
+        [[r["snapshot_id"], r["kind"] or "?", r["source"] or "?", human_bytes(r["bytes"]),
+          human_bytes(r["stored_bytes"]), f"{r['lock_mode']} until {r['retain_until']}",
+          "ok" if r["valid"] else f"INVALID: {r['problem']}"] for r in rows],
+        ["SNAPSHOT", "KIND", "SOURCE", "SIZE", "STORED", "LOCK", "MANIFEST"],
+    ))
+    return 0

@@ -1,0 +1,270 @@
+"""Load and validate ``continuity.yml``.
+
+A bad config fails before any work starts, with the file and the dotted key in the message
+(``config/continuity.yml: stores.primary.lock.mode: ...``). Secrets are referenced (a file path
+or an environment variable name), never inlined: a DSN carrying a password is refused.
+Relative paths are resolved against the config file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vaultkeeper.errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/vaultkeeper/continuity.yml")
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str | int) -> timedelta:
+    """'90s', '15m', '24h', '7d', '2w' (or plain seconds) -> timedelta."""
+    if isinstance(text, int):
+        return timedelta(seconds=text)
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration like 15m, 24h, 7d")
+    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(_Model):
+    """A secret kept elsewhere: exactly one of ``file`` or ``env``."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> SecretRef:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("give exactly one of 'file' or 'env'")
+        return self
+
+    def read(self, what: str) -> str:
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError(f"{what}: environment variable {self.env} is not set", env=self.env)
+            return value
+        assert self.file is not None
+        try:
+            return self.file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot read {self.file}: {exc.strerror}") from None
+
+
+class LockPolicy(_Model):
+    mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"
+    retain_days: int = Field(ge=1, le=36500)
+
+
+class StoreConfig(_Model):
+    url: str
+    lock: LockPolicy
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretRef | None = None
+    secret_access_key: SecretRef | None = None
+    multipart_threshold_mib: int = Field(default=64, ge=5)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not (v.startswith("s3://") or v.startswith("file://")):
+            raise ValueError("must start with s3:// or file://")
+        if "@" in v.split("/")[2]:
+            raise ValueError("must not carry credentials; use access_key_id/secret_access_key")
+        return v
+
+
+class KeysConfig(_Model):
+    #: master key files; the first encrypts new snapshots, all decrypt (rotation)
+    master: list[Path] = Field(min_length=1)
+    #: Ed25519 private key (PEM) that signs manifests
+    signing: Path
+    #: extra public keys whose signatures verify accepts (the signing key's is always trusted)
+    trusted: list[Path] = Field(default_factory=list)
+
+
+class PostgresSource(_Model):
+    type: Literal["postgres"]
+    dsn: str
+    password: SecretRef | None = None
+    #: directory of pg_dump/pg_restore (default: /usr/lib/postgresql/<major>/bin, then PATH)
+    bin_dir: Path | None = None
+    #: full = row count + server-side digest per table; counts = row counts only; off
+    fingerprints: Literal["full", "counts", "off"] = "full"
+    schema_migrations_table: str = "schema_migrations"
+    exclude_tables: list[str] = Field(default_factory=list)
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_inline_password(cls, v: str) -> str:
+        if re.search(r"(^|\s)password\s*=", v) or re.match(r"^postgres(ql)?://[^/@]*:[^/@]*@", v):
+            raise ValueError("must not contain a password; use 'password: {file: ...}' or {env: ...}")
+        return v
+
+
+class LedgerSource(_Model):
+    type: Literal["ledger"]
+    paths: list[Path] = Field(min_length=1)
+    state_dirs: list[Path] = Field(default_factory=list)
+
+
+Source = Annotated[PostgresSource | LedgerSource, Field(discriminator="type")]
+
+JobKind = Literal[
+    "backup-postgres", "backup-ledger", "archive", "verify", "copy", "expire", "drill"
+]
+
+
+class JobConfig(_Model):
+    kind: JobKind
+    source: str | None = None
+    store: str | None = None
+    schedule: str | None = None
+    #: pipeline tuning (backup jobs)
+    chunk_size_mib: int = Field(default=8, ge=1, le=256)
+    parallel_uploads: int = Field(default=4, ge=1, le=64)
+    compression_level: int = Field(default=3, ge=1, le=19)
+    #: verify jobs: share of parts to decrypt and hash
+    sample_percent: float = Field(default=100.0, gt=0, le=100)
+
+
+class Objective(_Model):
+    rpo: timedelta | None = None
+    rto: timedelta | None = None
+
+    @field_validator("rpo", "rto", mode="before")
+    @classmethod
+    def _durations(cls, v: Any) -> Any:
+        return v if v is None or isinstance(v, timedelta) else parse_duration(v)
+
+
+class Config(_Model):
+    version: Literal[1] = 1
+    state_dir: Path = Path("/var/lib/vaultkeeper")
+    stores: dict[str, StoreConfig] = Field(min_length=1)
+    keys: KeysConfig
+    sources: dict[str, Source] = Field(default_factory=dict)
+    jobs: dict[str, JobConfig] = Field(default_factory=dict)
+    objectives: dict[str, Objective] = Field(default_factory=dict)
+    #: where this config was loaded from (not part of the file)
+    path: Path = Field(default=Path("<memory>"), exclude=True)
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        for name, job in self.jobs.items():
+            if job.source is not None and job.source not in self.sources:
+                raise ValueError(f"jobs.{name}.source: no source named {job.source!r}")
+            if job.store is not None and job.store not in self.stores:
+                raise ValueError(f"jobs.{name}.store: no store named {job.store!r}")
+        return self
+
+    def job(self, name: str) -> JobConfig:
+        try:
+            return self.jobs[name]
+        except KeyError:
+            known = ", ".join(sorted(self.jobs)) or "none"
+            raise ConfigError(f"{self.path}: no job named {name!r} (jobs: {known})") from None
+
+    def store(self, name: str | None = None) -> tuple[str, StoreConfig]:
+        if name is None:
+            name = next(iter(self.stores))
+        try:
+            return name, self.stores[name]
+        except KeyError:
+            known = ", ".join(sorted(self.stores))
+            raise ConfigError(f"{self.path}: no store named {name!r} (stores: {known})") from None
+
+    def source(self, name: str) -> Source:
+        try:
+            return self.sources[name]
+        except KeyError:
+            known = ", ".join(sorted(self.sources)) or "none"
+            raise ConfigError(f"{self.path}: no source named {name!r} (sources: {known})") from None
+
+
+def _resolve_paths(node: Any, base: Path, key: str = "") -> Any:
+    """Resolve relative file paths (keys named like paths) against the config's directory."""
+    if isinstance(node, dict):
+        return {k: _resolve_paths(v, base, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve_paths(v, base, key) for v in node]
+    if isinstance(node, str) and key in _PATH_KEYS and not os.path.isabs(node):
+        return str((base / node).resolve())
+    if isinstance(node, str) and key == "url" and node.startswith("file://"):
+        p = node[len("file://") :]
+        if not os.path.isabs(p):
+            return "file://" + str((base / p).resolve())
+    return node
+
+
+_PATH_KEYS = {"file", "master", "signing", "trusted", "state_dir", "bin_dir", "paths", "state_dirs"}
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("VAULTKEEPER_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    p = config_path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {p} not found (give --config PATH or set VAULTKEEPER_CONFIG)",
+            path=str(p),
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}", path=str(p)) from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return parse(doc, p)
+
+
+def parse(doc: dict[str, Any], path: Path) -> Config:
+    base = path.parent.resolve()
+    doc = _resolve_paths(doc, base)
+    try:
+        cfg = Config.model_validate({**doc, "path": path})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(path, exc), path=str(path)) from None
+    return cfg
+
+
+def _format_errors(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        parts = list(err["loc"])
+        if len(parts) > 2 and parts[0] == "sources" and parts[2] in ("postgres", "ledger"):
+            del parts[2]  # the discriminator tag pydantic inserts
+        loc = ".".join(str(x) for x in parts)
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        if err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{path}: {loc or '<top>'}: {msg}")
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""Restore a PostgreSQL snapshot into a database, then prove it with the manifest's fingerprints."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from vaultkeeper import catalog
+from vaultkeeper.context import Context
+from vaultkeeper.crypto import DataKey
+from vaultkeeper.errors import IntegrityError, Refused
+from vaultkeeper.pipeline import ArtifactRecord
+from vaultkeeper.progress import Progress
+from vaultkeeper.sources import postgres
+
+
+@dataclass
+class RestoreResult:
+    snapshot_id: str
+    target: str
+    bytes: int
+    seconds: float
+    tables_checked: int
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    migrations_expected: str | None = None
+    migrations_actual: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and self.migrations_expected == self.migrations_actual
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": 1,
+            "type": "vaultkeeper.restore_result",
+            "snapshot_id": self.snapshot_id,
+            "target": self.target,
+            "ok": self.ok,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "tables_checked": self.tables_checked,
+            "mismatch_count": len(self.mismatches),
+            "mismatches": self.mismatches,
+            "schema_migrations": {
+                "expected": self.migrations_expected,
+                "actual": self.migrations_actual,
+            },
+        }
+
+
+def resolve_snapshot(ctx: Context, snapshot: str, store_name: str | None) -> catalog.Entry:
+    _, _, store = ctx.store(store_name)
+    if snapshot == "latest":
+        return catalog.latest_valid(store, ctx.trusted)
+    entry = catalog.load(store, snapshot, ctx.trusted)
+    if not entry.valid:
+        raise IntegrityError(
+            f"snapshot {snapshot} cannot be trusted: {entry.problem}; refusing to restore it",
+            snapshot_id=snapshot,
+        )
+    return entry
+
+
+def restore_postgres(
+    ctx: Context,
+    snapshot: str,
+    into: str,
+    *,
+    force: bool = False,
+    no_owner: bool = False,
+    store_name: str | None = None,
+    show_progress: bool | None = None,
+) -> RestoreResult:
+    started = time.monotonic()
+    entry = resolve_snapshot(ctx, snapshot, store_name)
+    assert entry.manifest is not None
+    body = entry.manifest.body
+    if body.get("kind") != "postgres":
+        raise Refused(f"snapshot {entry.snapshot_id} is a {body.get('kind')} snapshot, not postgres")
+    _, _, store = ctx.store(store_name)
+    artifact = ArtifactRecord.from_json(
+        next(a for a in body["artifacts"] if a["name"] == postgres.ARTIFACT)
+    )
+    data_key = DataKey(
+        ctx.keyring.unwrap(body["encryption"]["data_key"], entry.snapshot_id), entry.snapshot_id
+    )
+    target = postgres.Target.parse(into)
+    bar = Progress(f"restore {entry.snapshot_id}", total=artifact.size, enabled=show_progress)
+    postgres.restore(
+        target, artifact, store=store, data_key=data_key, force=force, no_owner=no_owner,
+        progress=bar,
+    )
+    bar.finish()
+    pg = body.get("postgres", {})
+    expected = pg.get("tables", [])
+    mode = pg.get("fingerprint_mode", "full")
+    actual = (
+        postgres.current_fingerprints(target, mode, pg.get("excluded_tables", []))
+        if mode != "off"
+        else []
+    )
+    mismatches = postgres.compare(expected, actual) if mode != "off" else []
+    migrations = pg.get("schema_migrations") or {}
+    actual_head = None
+    if migrations:
+        with target.connect() as conn:
+            head = postgres.migrations_head(conn, migrations["table"].split(".", 1)[-1])
+        actual_head = head["head"] if head else None
+    return RestoreResult(
+        snapshot_id=entry.snapshot_id,
+        target=target.dsn,
+        bytes=artifact.size,
+        seconds=time.monotonic() - started,
+        tables_checked=len(expected),
+        mismatches=mismatches,
+        migrations_expected=migrations.get("head"),
+        migrations_actual=actual_head,
+    )
