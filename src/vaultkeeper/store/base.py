@@ -8,9 +8,10 @@ and delete refuses an object whose retention has not expired. One conformance su
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
 
 LockMode = Literal["COMPLIANCE", "GOVERNANCE"]
@@ -23,10 +24,33 @@ class Lock:
     mode: LockMode
     retain_until: datetime
 
+    def __post_init__(self) -> None:
+        if self.mode not in ("COMPLIANCE", "GOVERNANCE"):
+            raise ValueError(f"lock mode must be COMPLIANCE or GOVERNANCE, not {self.mode!r}")
+        if self.retain_until.tzinfo is None or self.retain_until.utcoffset() is None:
+            raise ValueError("lock retain_until must be timezone-aware (UTC)")
+
     def covers(self, other: Lock) -> bool:
         """True when this lock is at least as strong and long as ``other``."""
         strength = {"GOVERNANCE": 0, "COMPLIANCE": 1}
-        return strength[self.mode] >= strength[other.mode] and self.retain_until >= other.retain_until
+        return (
+            strength[self.mode] >= strength[other.mode] and self.retain_until >= other.retain_until
+        )
+
+    def whole_seconds(self) -> Lock:
+        """This lock in UTC with retain-until rounded UP to a whole second.
+
+        S3 keeps retain-until dates at second precision; rounding up (never down) means what a
+        backend reads back can be compared exactly and retention is never shortened.
+        """
+        until = self.retain_until.astimezone(UTC)
+        if until.microsecond:
+            until = until.replace(microsecond=0) + timedelta(seconds=1)
+        return Lock(self.mode, until)
+
+    def held_at(self, when: datetime) -> bool:
+        """True while this lock still forbids deletion at ``when``."""
+        return self.retain_until > when
 
 
 @dataclass(frozen=True)
@@ -58,7 +82,10 @@ class ObjectStore(Protocol):
         """
 
     def get(self, key: str, version_id: str | None = None) -> bytes:
-        """Return the bytes of ``key`` (a given version, else the latest). ObjectNotFound if absent."""
+        """Return the bytes of ``key`` (a given version, else the latest).
+
+        ObjectNotFound if absent.
+        """
 
     def head(self, key: str, version_id: str | None = None) -> ObjectInfo:
         """Return size, version and lock of ``key``. ObjectNotFound if absent."""
@@ -66,7 +93,7 @@ class ObjectStore(Protocol):
     def list(self, prefix: str = "") -> Iterator[str]:
         """Yield every key below ``prefix`` (latest versions, sorted)."""
 
-    def versions(self, key: str) -> list[ObjectInfo]:
+    def versions(self, key: str) -> builtins.list[ObjectInfo]:
         """Every version of ``key``, newest first (a backend without versions returns one)."""
 
     def delete(self, key: str, version_id: str | None = None) -> None:
@@ -75,3 +102,22 @@ class ObjectStore(Protocol):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative '/'-separated key, else raise ValueError.
+
+    Refused: empty keys and segments, leading '/', '.' and '..' segments, backslashes, NUL and
+    other control characters, and vaultkeeper's reserved top-level names beginning with '.vk-'.
+    The same rule holds for every backend, so a key that works on S3 also works on a disk.
+    """
+    if not key or key.startswith("/") or key.endswith("/"):
+        raise ValueError(f"invalid object key {key!r}: must be a non-empty relative path")
+    if any(ord(c) < 32 or c in "\\\x7f" for c in key):
+        raise ValueError(f"invalid object key {key!r}: control characters or backslash")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid object key {key!r}: empty, '.' or '..' segment")
+    if parts[0].startswith(".vk-"):
+        raise ValueError(f"invalid object key {key!r}: names starting with '.vk-' are reserved")
+    return key
