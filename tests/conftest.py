@@ -82,3 +82,29 @@ def lock_bucket(s3_endpoint: str) -> str:
     """An Object Lock enabled bucket on moto; returns its name."""
     make_bucket(s3_endpoint, "vk-locked", object_lock=True)
     return "vk-locked"
+
+
+@pytest.fixture(scope="session")
+def sample_template() -> Iterator[str]:
+    """A database of realistic sample rows, filled once per session; tests clone it."""
+    from vaultkeeper.demo import fill_sample_data
+
+    name = f"vkt_template_{os.getpid()}"
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    fill_sample_data(_dsn_for(name))
+    yield name
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sample_db(sample_template: str) -> Iterator[str]:
+    """A fresh copy of the sample database (CREATE DATABASE ... TEMPLATE); dropped afterwards."""
+    name = f"vkt_src_{uuid.uuid4().hex[:10]}"
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{sample_template}"')
+    yield _dsn_for(name)
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

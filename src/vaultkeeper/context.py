@@ -62,7 +62,7 @@ class Context:
 
 
 def open_configured_store(cfg: StoreConfig) -> ObjectStore:
-    from vaultkeeper.store import open_store
+    from vaultkeeper.store import S3Credentials, open_store
 
     kwargs: dict[str, Any] = {
         "endpoint_url": cfg.endpoint_url,
@@ -70,7 +70,7 @@ def open_configured_store(cfg: StoreConfig) -> ObjectStore:
         "multipart_threshold": cfg.multipart_threshold_mib << 20,
     }
     if cfg.access_key_id is not None and cfg.secret_access_key is not None:
-        kwargs["credentials"] = (
+        kwargs["credentials"] = S3Credentials(
             cfg.access_key_id.read("access_key_id"),
             cfg.secret_access_key.read("secret_access_key"),
         )

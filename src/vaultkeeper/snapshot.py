@@ -28,7 +28,7 @@ from vaultkeeper.store.base import Lock, ObjectStore
 
 
 def lock_for(policy: LockPolicy, start: datetime) -> Lock:
-    return Lock(mode=policy.mode, retain_until=start + timedelta(days=policy.retain_days))
+    return Lock(mode=policy.mode, retain_until=start + timedelta(days=policy.retain_days)).whole_seconds()
 
 
 @dataclass

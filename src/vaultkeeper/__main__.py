@@ -1,0 +1,3 @@
+from vaultkeeper.cli.main import main
+
+main()
