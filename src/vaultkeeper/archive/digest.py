@@ -1,0 +1,200 @@
+"""Server-side fingerprint of a set of rows: row count plus an order-independent digest.
+
+The archive flow fingerprints a chunk when it exports it, again when it verifies the archive
+(against the rows read back from the store), and once more inside the purge transaction to prove
+the chunk did not change since the export. A rehydrated copy must fingerprint the same.
+
+How the digest is computed, and why:
+
+* every row becomes ``md5(ROW(c1, c2, ...)::text)``, the 128-bit MD5 of its text form over an
+  explicit column list (so physical column order, dropped columns and the relation's name do not
+  matter, only the values and their types);
+* the two 64-bit halves of each hash are read as signed ``int8`` and summed, exactly, as
+  ``numeric``; the digest is both sums reduced mod 2**64, as 32 hex digits.
+
+Summing is commutative, so the result does not depend on row order and needs no sort: the
+database streams the rows through one aggregate with constant memory (``EXPLAIN`` shows a plain
+Aggregate over a scan). Unlike XOR, a sum keeps duplicate rows apart (two equal rows do not
+cancel out), so the digest is a fingerprint of the multiset of rows. MD5 is used as a checksum
+against accidental loss or change, not against an adversary: integrity of archive bytes is
+blake3's job.
+
+Text forms depend on session settings; the fingerprint pins them (``TimeZone=UTC``,
+``DateStyle=ISO, YMD``, ``IntervalStyle=postgres``, ``extra_float_digits=1``,
+``bytea_output=hex``) for the duration of the query and puts the caller's values back, so the
+same rows give the same fingerprint on PostgreSQL 15 and on the PGlite TimescaleDB build
+(PostgreSQL 17), and in a table restored with the same column types. Types whose text form
+depends on other settings (``money`` on ``lc_monetary``) are not pinned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import psycopg
+from psycopg import sql
+
+from vaultkeeper.archive.discovery import Chunk, TableNotFound, discover
+
+#: Tag of the digest algorithm; a different algorithm must use a different tag.
+DIGEST_ALGORITHM = "md5sum128-v1"
+
+#: Session settings that change the text form of values, pinned while fingerprinting.
+PINNED_SETTINGS: Mapping[str, str] = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "1",
+    "bytea_output": "hex",
+}
+
+_MOD = 2**64
+
+
+class Fingerprint(NamedTuple):
+    """Row count and digest of a set of rows; unpacks as ``(row_count, digest)``."""
+
+    row_count: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class RowRange:
+    """The rows of ``table`` whose partition key lies in ``[start, end)`` (``None`` = open).
+
+    ``key_column`` defaults to the table's partition/time column found by :func:`discover`.
+    """
+
+    table: str
+    start: Any
+    end: Any
+    key_column: str | None = None
+
+
+Target = str | Chunk | RowRange | tuple[str, Any, Any]
+
+
+def chunk_fingerprint(
+    conn: psycopg.Connection[Any],
+    target: Target,
+    *,
+    columns: Sequence[str] | None = None,
+) -> Fingerprint:
+    """Fingerprint the rows of a relation, a discovered chunk, or a key range of a table.
+
+    ``target`` is a relation name (``schema.name``, resolved by ``search_path`` when bare), a
+    :class:`Chunk`, a :class:`RowRange`, or a ``(table, start, end)`` tuple. Rows of child
+    relations are included (a TimescaleDB chunk's compressed rows, sub-partitions).
+
+    ``columns`` fixes which columns are hashed, in which order; by default all columns of the
+    relation (for a range: of the table) in table order. Pass the parent table's column list
+    when comparing a native partition whose physical column order may differ.
+
+    Runs in one transaction (a savepoint when the caller already has one), so the count and
+    the digest describe the same snapshot; inside the caller's REPEATABLE READ transaction it
+    describes the caller's snapshot.
+    """
+    if isinstance(target, tuple):
+        target = RowRange(target[0], target[1], target[2])
+    with conn.transaction():
+        if isinstance(target, RowRange):
+            schema, name = _resolve(conn, target.table)
+            key = target.key_column or discover(conn, f"{_q(schema)}.{_q(name)}").key_column
+        elif isinstance(target, Chunk):
+            schema, name, key = target.schema, target.name, None
+        else:
+            schema, name = _resolve(conn, target)
+            key = None
+        cols = list(columns) if columns is not None else _column_names(conn, schema, name)
+        if not cols:
+            raise ValueError(f"{schema}.{name} has no columns to fingerprint")
+
+        where: list[sql.Composable] = []
+        params: list[Any] = []
+        if isinstance(target, RowRange):
+            assert key is not None
+            if target.start is not None:
+                where.append(sql.SQL("{} >= %s").format(sql.Identifier(key)))
+                params.append(target.start)
+            if target.end is not None:
+                where.append(sql.SQL("{} < %s").format(sql.Identifier(key)))
+                params.append(target.end)
+        query = sql.SQL(
+            "SELECT count(*)::int8,"
+            " coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::int8::numeric), 0)::text,"
+            " coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::int8::numeric), 0)::text"
+            " FROM (SELECT md5(ROW({cols})::text) AS h FROM {rel} {where}) AS rows"
+        ).format(
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+            rel=sql.Identifier(schema, name),
+            where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
+        )
+        with _pinned_settings(conn):
+            row = conn.execute(query, params).fetchone()
+    assert row is not None
+    count, hi, lo = int(row[0]), int(row[1]), int(row[2])
+    return Fingerprint(count, f"{DIGEST_ALGORITHM}:{hi % _MOD:016x}{lo % _MOD:016x}")
+
+
+@contextmanager
+def _pinned_settings(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Set :data:`PINNED_SETTINGS` transaction-locally; put the previous values back after.
+
+    Must run inside a transaction. If the body fails, the enclosing savepoint's rollback
+    undoes the settings anyway.
+    """
+    names = list(PINNED_SETTINGS)
+    row = conn.execute(
+        "SELECT array_agg(current_setting(n) ORDER BY i)"
+        " FROM unnest(%s::text[]) WITH ORDINALITY AS u(n, i)",
+        [names],
+    ).fetchone()
+    assert row is not None
+    saved = list(zip(names, row[0], strict=True))
+    _set_local(conn, list(PINNED_SETTINGS.items()))
+    yield
+    _set_local(conn, saved)
+
+
+def _set_local(conn: psycopg.Connection[Any], pairs: list[tuple[str, str]]) -> None:
+    conn.execute(
+        "SELECT set_config(n, v, true) FROM unnest(%s::text[], %s::text[]) AS u(n, v)",
+        [[p[0] for p in pairs], [p[1] for p in pairs]],
+    )
+
+
+def _resolve(conn: psycopg.Connection[Any], relation: str) -> tuple[str, str]:
+    row = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
+        [relation],
+    ).fetchone()
+    if row is None:
+        raise TableNotFound(f"relation {relation!r} does not exist", table=relation)
+    return str(row[0]), str(row[1])
+
+
+def _column_names(conn: psycopg.Connection[Any], schema: str, name: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass"
+        " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        [f"{_q(schema)}.{_q(name)}"],
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+__all__ = [
+    "DIGEST_ALGORITHM",
+    "PINNED_SETTINGS",
+    "Fingerprint",
+    "RowRange",
+    "Target",
+    "chunk_fingerprint",
+]
