@@ -41,7 +41,7 @@ class Env:
     def subprocess(self, *args: str, **kw: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "vaultkeeper", "--config", str(self.config_path), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw,
+            **{"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **kw},
         )
 
 

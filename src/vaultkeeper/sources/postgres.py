@@ -21,7 +21,13 @@ from psycopg import sql
 
 from vaultkeeper import dsn as dsn_mod
 from vaultkeeper.crypto import DataKey
-from vaultkeeper.errors import DatabaseError, ProgramFailed, Refused, SourceError
+from vaultkeeper.errors import (
+    DatabaseError,
+    ProgramFailed,
+    ProgramMissing,
+    Refused,
+    SourceError,
+)
 from vaultkeeper.pipeline import ArtifactRecord, Progress, read_artifact, read_chunks
 from vaultkeeper.runner import find_program, run, stream
 from vaultkeeper.store.base import ObjectStore
@@ -83,12 +89,17 @@ def server_major(conn: psycopg.Connection[Any]) -> int:
 
 def program(name: str, target: Target, major: int) -> str:
     """pg_dump/pg_restore matching the server: configured bin_dir, Debian's per-major dir, PATH."""
-    path = find_program(
-        name,
-        target.bin_dir,
-        Path(f"/usr/lib/postgresql/{major}/bin"),
-        install_hint=f"install postgresql-client-{major} (Debian) or set sources.<name>.bin_dir",
-    )
+    if target.bin_dir is not None:  # explicit: use exactly these binaries
+        candidate = target.bin_dir / name
+        if not candidate.is_file():
+            raise ProgramMissing(f"{name} not found in the configured bin_dir {target.bin_dir}")
+        path = str(candidate)
+    else:
+        path = find_program(
+            name,
+            Path(f"/usr/lib/postgresql/{major}/bin"),
+            install_hint=f"install postgresql-client-{major} (Debian) or set bin_dir",
+        )
     out = run([path, "--version"], timeout=30).stdout.decode()
     m = re.search(r"(\d+)(?:\.\d+)?", out)
     if m and int(m.group(1)) < major:

@@ -1,0 +1,50 @@
+"""A backup SIGKILLed at any point leaves no listed snapshot, and the next run succeeds."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import psycopg
+import pytest
+
+
+def _parts(env) -> int:
+    return sum(1 for p in (env.store_dir / "snapshots").glob("*/parts/*/*"))
+
+
+def _grow(env) -> None:
+    """Make the dump large enough (~25 MiB) that a kill lands mid-stream."""
+    with psycopg.connect(env.source_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO events (at, agent, payload, message) SELECT now(), 'bulk', "
+            "jsonb_build_object('g', g, 'r', md5(random()::text)), repeat(md5(random()::text), 8) "
+            "FROM generate_series(1, 60000) g"
+        )
+
+
+@pytest.mark.parametrize("kill_after_parts", [0, 1, 8, 20])
+def test_sigkill_mid_backup_leaves_no_snapshot_and_rerun_succeeds(env, kill_after_parts: int) -> None:
+    _grow(env)
+    (env.store_dir / "snapshots").mkdir(exist_ok=True)
+    proc = env.subprocess("backup", "postgres", "--job", "appdb-nightly")
+    deadline = time.monotonic() + 60
+    while _parts(env) < kill_after_parts and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "backup finished before it could be killed"
+
+    assert env.cli_json("snapshots", "list")["snapshots"] == []
+    assert list(env.store_dir.glob("snapshots/*/manifest.json")) == []
+    assert env.cli_json("verify", "--all")["snapshots"] == []
+
+    sid = env.cli_json("backup", "postgres", "--job", "appdb-nightly")["snapshot_id"]
+    assert [s["snapshot_id"] for s in env.cli_json("snapshots", "list")["snapshots"]] == [sid]
+    assert env.cli_json("verify", sid)["ok"] is True
+    # no pg_dump left behind by the killed run
+    import subprocess
+
+    ps = subprocess.run(["pgrep", "-f", f"pg_dump.*{env.source_dsn.split('dbname=')[1]}"],
+                        capture_output=True, text=True)
+    assert ps.stdout.strip() == ""
