@@ -1,0 +1,136 @@
+"""A throwaway PostgreSQL cluster: initdb in a temp dir, on a free port, torn down afterwards.
+
+Used by the demo and by restore drills. Server binaries refuse to run as root, so as root the
+cluster runs as the ``postgres`` system user (its data dir chowned to it); the temp dir's
+parents must be traversable. The cluster listens on 127.0.0.1 and on a socket in its own dir,
+with trust auth for local connections only, and is stopped (fast, then immediate) on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from vaultkeeper.errors import ProgramFailed, SourceError
+from vaultkeeper.runner import find_program, run
+
+
+@dataclass(frozen=True)
+class ScratchCluster:
+    data_dir: Path
+    port: int
+    socket_dir: Path
+    bin_dir: Path
+    user: str
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} user={self.user} dbname={dbname}"
+
+    def create_database(self, name: str) -> str:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.dsn(name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bin_dir(major: int | None) -> Path:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    if major is not None:
+        candidates = [Path(f"/usr/lib/postgresql/{major}/bin")] + candidates
+    for d in candidates:
+        if (d / "initdb").is_file():
+            return d
+    return Path(find_program("initdb", install_hint="install postgresql (Debian)")).parent
+
+
+@contextmanager
+def scratch_cluster(
+    *, major: int | None = None, parent: Path | None = None, keep: bool = False,
+    settings: dict[str, str] | None = None,
+) -> Iterator[ScratchCluster]:
+    bin_dir = _bin_dir(major)
+    as_root = os.geteuid() == 0
+    run_as = "postgres" if as_root else None
+    db_user = "postgres" if as_root else pwd.getpwuid(os.geteuid()).pw_name
+    base = Path(tempfile.mkdtemp(prefix="vk-scratch-", dir=parent))
+    data = base / "data"
+    sock = base / "sock"
+    started = False
+    try:
+        data.mkdir()
+        sock.mkdir()
+        if as_root:
+            base.chmod(0o755)
+            pw = pwd.getpwnam("postgres")
+            for p in (base, data, sock):
+                os.chown(p, pw.pw_uid, pw.pw_gid)
+        run(
+            [str(bin_dir / "initdb"), "-D", str(data), "-U", db_user, "--auth=trust",
+             "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"],
+            user=run_as, timeout=120,
+        )
+        port = free_port()
+        conf = {
+            "port": str(port),
+            "listen_addresses": "'127.0.0.1'",
+            "unix_socket_directories": f"'{sock}'",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "archive_mode": "off",
+            "max_wal_size": "'1GB'",
+            **(settings or {}),
+        }
+        with open(data / "postgresql.auto.conf", "a") as fh:
+            fh.writelines(f"{k} = {v}\n" for k, v in conf.items())
+        run(
+            [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"),
+             "-w", "-t", "60", "start"],
+            user=run_as, timeout=90,
+        )
+        started = True
+        cluster = ScratchCluster(data, port, sock, bin_dir, db_user)
+        _wait_ready(cluster)
+        yield cluster
+    except ProgramFailed as exc:
+        log = base / "server.log"
+        tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+        raise SourceError(f"scratch PostgreSQL failed to start: {exc.message}\n{tail}") from None
+    finally:
+        if started:
+            for mode in ("fast", "immediate"):
+                try:
+                    run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", mode, "-w", "-t", "30",
+                         "stop"], user=run_as, timeout=60)
+                    break
+                except ProgramFailed:
+                    continue
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _wait_ready(cluster: ScratchCluster, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(cluster.dsn(), connect_timeout=2):
+                return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
