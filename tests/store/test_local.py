@@ -106,6 +106,14 @@ def test_missing_root_is_refused_naming_the_path(tmp_path: Path) -> None:
     assert not (tmp_path / "usb").exists()
 
 
+def test_reading_an_unmounted_store_is_an_error_not_an_empty_store(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "usb" / "backups")
+    for read in (lambda: list(store.list()), lambda: store.get("k"), lambda: store.versions("k")):
+        with pytest.raises(StoreError, match="mount the drive") as caught:
+            read()
+        assert not isinstance(caught.value, ObjectNotFound)
+
+
 def test_create_makes_the_root_only_when_its_parent_exists(tmp_path: Path) -> None:
     LocalStore(tmp_path / "backups", create=True).check()
     assert (tmp_path / "backups").is_dir()

@@ -21,7 +21,7 @@ from vaultkeeper.errors import (
     StoreUnreachable,
 )
 from vaultkeeper.store import S3Credentials, open_store
-from vaultkeeper.store.s3 import S3Store
+from vaultkeeper.store.s3 import S3Store, redact_url
 
 from .conftest import MiB, lock_in, wait_until_expired
 
@@ -284,6 +284,11 @@ def test_persistent_server_errors_give_up_after_max_attempts(
     with pytest.raises(StoreError, match="4 attempts") as caught:
         store.check()
     assert len(scripted_s3.seen) == 4, caught.value.message
+
+
+def test_endpoint_shown_in_messages_has_no_user_info() -> None:
+    assert redact_url("http://user:pa55@minio.internal:9000/") == "http://minio.internal:9000/"
+    assert redact_url("https://s3.eu-west-1.amazonaws.com") == "https://s3.eu-west-1.amazonaws.com"
 
 
 def test_part_size_below_the_s3_minimum_is_refused() -> None:

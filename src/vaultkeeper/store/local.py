@@ -62,11 +62,7 @@ class LocalStore:
         """
         if not self.root.exists():
             if not self._create:
-                raise StoreError(
-                    f"local store {self.root} does not exist; if it is on a removable drive, "
-                    "mount the drive, otherwise create the directory (or initialise the store)",
-                    path=str(self.root),
-                )
+                raise self._root_missing()
             try:
                 self.root.mkdir(mode=0o750)
             except FileNotFoundError:
@@ -176,6 +172,8 @@ class LocalStore:
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Yield data keys starting with ``prefix``, sorted; lock records and temp files hidden."""
+        if not self.root.is_dir():
+            raise self._root_missing()
         start = self.root
         if prefix.startswith(".vk-"):
             return
@@ -342,8 +340,17 @@ class LocalStore:
                 return
             current = current.parent
 
-    def _not_found(self, key: str) -> ObjectNotFound:
+    def _not_found(self, key: str) -> StoreError:
+        if not self.root.is_dir():
+            return self._root_missing()
         return ObjectNotFound(f"{key} does not exist in {self.url}", key=key)
+
+    def _root_missing(self) -> StoreError:
+        return StoreError(
+            f"local store {self.root} does not exist; if it is on a removable drive, "
+            "mount the drive, otherwise create the directory (or initialise the store)",
+            path=str(self.root),
+        )
 
     def _os_error(self, exc: OSError, path: Path, action: str) -> StoreError:
         if exc.errno in _FULL_ERRNOS:

@@ -111,7 +111,7 @@ class S3Store:
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         config = Config(
-            retries={"mode": retry_mode, "max_attempts": max_attempts},
+            retries={"mode": retry_mode, "total_max_attempts": max_attempts},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             s3={"addressing_style": "path"} if endpoint_url else None,
