@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-PG_ADMIN_DSN = os.environ.get("VAULTKEEPER_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "VAULTKEEPER_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+)
 
 
 def _admin() -> psycopg.Connection:

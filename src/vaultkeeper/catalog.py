@@ -60,7 +60,9 @@ def load(store: ObjectStore, snapshot_id: str, trusted: dict[str, Ed25519PublicK
         return Entry(snapshot_id, None, f"manifest is malformed: {exc}")
     problem = signed.signature_problem
     if problem is None and signed.snapshot_id != snapshot_id:
-        problem = f"manifest claims snapshot id {signed.snapshot_id}, but is stored as {snapshot_id}"
+        problem = (
+            f"manifest claims snapshot id {signed.snapshot_id}, but is stored as {snapshot_id}"
+        )
     return Entry(snapshot_id, signed, problem)
 
 

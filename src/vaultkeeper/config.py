@@ -54,7 +54,9 @@ class SecretRef(_Model):
         if self.env is not None:
             value = os.environ.get(self.env)
             if value is None:
-                raise ConfigError(f"{what}: environment variable {self.env} is not set", env=self.env)
+                raise ConfigError(
+                    f"{what}: environment variable {self.env} is not set", env=self.env
+                )
             return value
         assert self.file is not None
         try:
@@ -111,7 +113,9 @@ class PostgresSource(_Model):
     @classmethod
     def _no_inline_password(cls, v: str) -> str:
         if re.search(r"(^|\s)password\s*=", v) or re.match(r"^postgres(ql)?://[^/@]*:[^/@]*@", v):
-            raise ValueError("must not contain a password; use 'password: {file: ...}' or {env: ...}")
+            raise ValueError(
+                "must not contain a password; use 'password: {file: ...}' or {env: ...}"
+            )
         return v
 
 

@@ -72,10 +72,10 @@ class Keyring:
         for key in (self.current, *self.others):
             if key.key_id == key_id:
                 return key
+        have = ", ".join(k.key_id for k in (self.current, *self.others))
         raise WrongKey(
             f"this snapshot's data key is wrapped by master key {key_id!r}, which is not in the "
-            f"configured keyring (have: {', '.join(k.key_id for k in (self.current, *self.others))}); "
-            "add that key file to keys.master",
+            f"configured keyring (have: {have}); add that key file to keys.master",
             key_id=key_id,
         )
 
@@ -87,7 +87,8 @@ class Keyring:
             )
         except InvalidTag:
             raise WrongKey(
-                f"master key {key.key_id!r} does not unwrap the data key of snapshot {snapshot_id}: "
+                f"master key {key.key_id!r} does not unwrap the data key of snapshot "
+                f"{snapshot_id}: "
                 "the key file holds a different key under the same id, or the manifest was altered",
                 key_id=key.key_id,
                 snapshot_id=snapshot_id,
@@ -229,7 +230,8 @@ def load_signer(path: Path) -> Signer:
         key = None
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyError_(
-            f"{path}: not an Ed25519 private key in PEM form; create one with `vaultkeeper keys generate`",
+            f"{path}: not an Ed25519 private key in PEM form; "
+            "create one with `vaultkeeper keys generate`",
             path=str(path),
         )
     return Signer(key)

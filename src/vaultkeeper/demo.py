@@ -104,8 +104,10 @@ def main() -> None:
     print("vaultkeeper demo: scratch PostgreSQL + local WORM store + fresh keys in", root)
     with scratch_cluster() as cluster:
         src = cluster.create_database("demo")
-        print(f"- scratch cluster on port {cluster.port}; loading sample rows "
-              "(pgbench, jsonb events, schema_migrations)")
+        print(
+            f"- scratch cluster on port {cluster.port}; loading sample rows "
+            "(pgbench, jsonb events, schema_migrations)"
+        )
         fill_sample_data(src, events=50_000, pgbench_scale=2)
         config.write_text(DEMO_CONFIG.format(dsn=src))
         if not (root / "keys" / "master.key").exists():
@@ -115,8 +117,10 @@ def main() -> None:
         _step("list", ["snapshots", "list"], config)
         target = cluster.create_database("demo_restored")
         _step("restore", ["restore", "postgres", "latest", "--into", target], config)
-    print(f"\ndemo finished: every step passed. Explore with: vaultkeeper --config {config} "
-          "snapshots list")
+    print(
+        f"\ndemo finished: every step passed. Explore with: vaultkeeper --config {config} "
+        "snapshots list"
+    )
 
 
 if __name__ == "__main__":

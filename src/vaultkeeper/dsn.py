@@ -19,7 +19,7 @@ def split(dsn: str) -> tuple[str, str | None]:
     """(DSN without password, password or None). Raises ValueError on an unparsable DSN."""
     params = conninfo_to_dict(dsn)
     password = params.pop("password", None)
-    return make_conninfo(**{k: v for k, v in params.items() if v is not None}), (
+    return make_conninfo("", **{k: v for k, v in params.items() if v is not None}), (
         str(password) if password is not None else None
     )
 

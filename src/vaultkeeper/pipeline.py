@@ -205,7 +205,9 @@ def write_artifact(
     )
 
 
-def open_part(record: PartRecord, artifact: str, blob: bytes, data_key: DataKey, local: _Local) -> bytes:
+def open_part(
+    record: PartRecord, artifact: str, blob: bytes, data_key: DataKey, local: _Local
+) -> bytes:
     """Decrypt, decompress and check one part; IntegrityError names the part on any mismatch."""
     if b3hex(blob) != record.stored_blake3:
         raise IntegrityError(
@@ -218,7 +220,9 @@ def open_part(record: PartRecord, artifact: str, blob: bytes, data_key: DataKey,
     try:
         plain = local.decompressor.decompress(compressed, max_output_size=record.plain_size)
     except zstandard.ZstdError as exc:
-        raise IntegrityError(f"part {record.key}: does not decompress ({exc})", key=record.key) from None
+        raise IntegrityError(
+            f"part {record.key}: does not decompress ({exc})", key=record.key
+        ) from None
     if len(plain) != record.plain_size or b3hex(plain) != record.blake3:
         raise IntegrityError(
             f"part {record.key}: content does not match its blake3 in the manifest", key=record.key

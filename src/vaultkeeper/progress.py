@@ -14,8 +14,13 @@ def _mib(n: float) -> str:
 class Progress:
     """Callable with the running byte count; redraws at most 5 times a second."""
 
-    def __init__(self, label: str, total: int | None = None, stream: TextIO | None = None,
-                 enabled: bool | None = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int | None = None,
+        stream: TextIO | None = None,
+        enabled: bool | None = None,
+    ) -> None:
         self.label = label
         self.total = total
         self.stream = stream or sys.stderr

@@ -8,6 +8,7 @@ naming what to install; a child is killed, not orphaned, when the caller fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -165,25 +166,23 @@ def stream(
         finally:
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:
-                    try:
+                    with contextlib.suppress(BrokenPipeError):
                         pipe.close()
-                    except BrokenPipeError:
-                        pass
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill(proc)
-            raise ProgramFailed(f"{Path(argv[0]).name} did not exit in time and was killed") from None
+            raise ProgramFailed(
+                f"{Path(argv[0]).name} did not exit in time and was killed"
+            ) from None
         if code != 0:
             raise _fail(argv, code, handle.stderr_text(), secrets)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     proc.wait()
 
 

@@ -28,7 +28,9 @@ from vaultkeeper.store.base import Lock, ObjectStore
 
 
 def lock_for(policy: LockPolicy, start: datetime) -> Lock:
-    return Lock(mode=policy.mode, retain_until=start + timedelta(days=policy.retain_days)).whole_seconds()
+    return Lock(
+        mode=policy.mode, retain_until=start + timedelta(days=policy.retain_days)
+    ).whole_seconds()
 
 
 @dataclass

@@ -85,7 +85,9 @@ class SnapshotReport:
     def ok(self) -> bool:
         return not any(f.severity == "error" for f in self.findings)
 
-    def add(self, kind: str, message: str, obj: str | None = None, severity: Severity = "error") -> None:
+    def add(
+        self, kind: str, message: str, obj: str | None = None, severity: Severity = "error"
+    ) -> None:
         self.findings.append(Finding(kind, severity, message, obj))
 
     def to_json(self) -> dict[str, Any]:
@@ -146,18 +148,30 @@ class Verifier:
             return report
         signed = entry.manifest
         if signed is None:
-            report.add("manifest_malformed", entry.problem or "malformed", manifest_key(snapshot_id))
+            report.add(
+                "manifest_malformed", entry.problem or "malformed", manifest_key(snapshot_id)
+            )
             return report
         if signed.signature_problem is not None:
-            kind = "signature_untrusted" if "not a trusted" in signed.signature_problem else "signature_invalid"
+            kind = (
+                "signature_untrusted"
+                if "not a trusted" in signed.signature_problem
+                else "signature_invalid"
+            )
             report.add(kind, signed.signature_problem, manifest_key(snapshot_id))
         body = signed.body
         try:
-            lock = Lock(mode=body["lock"]["mode"], retain_until=parse_time(body["lock"]["retain_until"]))
+            lock = Lock(
+                mode=body["lock"]["mode"], retain_until=parse_time(body["lock"]["retain_until"])
+            )
             created = parse_time(body["created_at"])
             artifacts = [ArtifactRecord.from_json(a) for a in body["artifacts"]]
         except (KeyError, TypeError, ValueError) as exc:
-            report.add("manifest_malformed", f"manifest lacks a required field: {exc}", manifest_key(snapshot_id))
+            report.add(
+                "manifest_malformed",
+                f"manifest lacks a required field: {exc}",
+                manifest_key(snapshot_id),
+            )
             return report
         self._check_location(report, body, created)
         self._check_policy(report, lock, created)
@@ -175,13 +189,16 @@ class Verifier:
 
     # -- structure -------------------------------------------------------------------------
 
-    def _check_location(self, report: SnapshotReport, body: dict[str, Any], created: datetime) -> None:
+    def _check_location(
+        self, report: SnapshotReport, body: dict[str, Any], created: datetime
+    ) -> None:
         sid = report.snapshot_id
         claimed = body.get("snapshot_id")
         if claimed != sid:
             report.add(
                 "manifest_misplaced",
-                f"manifest claims snapshot id {claimed}, but is stored as {sid} (copied or replayed)",
+                f"manifest claims snapshot id {claimed}, but is stored as {sid} "
+                "(copied or replayed)",
                 manifest_key(sid),
             )
             return
@@ -193,7 +210,8 @@ class Verifier:
         if abs(created.replace(microsecond=0) - stamp) > timedelta(seconds=1):
             report.add(
                 "manifest_misplaced",
-                f"manifest says it was created at {created.isoformat()}, its id says {stamp.isoformat()}",
+                f"manifest says it was created at {created.isoformat()}, "
+                f"its id says {stamp.isoformat()}",
                 manifest_key(sid),
             )
 
@@ -215,13 +233,20 @@ class Verifier:
             report.add("object_missing", f"{key} is missing from the store", key)
             return
         if size is not None and info.size != size:
-            report.add("object_size_mismatch", f"{key} is {info.size} bytes; manifest says {size}", key)
+            report.add(
+                "object_size_mismatch", f"{key} is {info.size} bytes; manifest says {size}", key
+            )
         if info.lock is None:
-            report.add("lock_missing", f"{key} has no Object Lock retention (expected {_lock_text(lock)})", key)
+            report.add(
+                "lock_missing",
+                f"{key} has no Object Lock retention (expected {_lock_text(lock)})",
+                key,
+            )
         elif not info.lock.covers(lock):
             report.add(
                 "lock_weakened",
-                f"{key} is locked {_lock_text(info.lock)}; the snapshot requires {_lock_text(lock)}",
+                f"{key} is locked {_lock_text(info.lock)}; "
+                f"the snapshot requires {_lock_text(lock)}",
                 key,
             )
         if info.version_id is not None:
@@ -241,7 +266,10 @@ class Verifier:
         for key in self.store.list(snapshot_prefix(report.snapshot_id)):
             if key not in expected:
                 report.add(
-                    "unexpected_object", f"{key} is not listed in the manifest", key, severity="warning"
+                    "unexpected_object",
+                    f"{key} is not listed in the manifest",
+                    key,
+                    severity="warning",
                 )
 
     def _data_key(self, report: SnapshotReport, body: dict[str, Any]) -> DataKey | None:
@@ -253,7 +281,11 @@ class Verifier:
             report.add("key_wrong", exc.message, manifest_key(report.snapshot_id))
             return None
         except (KeyError, TypeError, ValueError) as exc:
-            report.add("manifest_malformed", f"bad encryption section: {exc}", manifest_key(report.snapshot_id))
+            report.add(
+                "manifest_malformed",
+                f"bad encryption section: {exc}",
+                manifest_key(report.snapshot_id),
+            )
             return None
         return DataKey(raw, report.snapshot_id)
 
@@ -283,22 +315,41 @@ class Verifier:
             if digest != part.stored_blake3:
                 other = by_stored.get(digest)
                 if other is not None:
-                    return part, None, Finding(
-                        "part_misplaced", "error",
-                        f"{part.key} holds the bytes of part {other.index} ({other.key})", part.key,
-                    ), len(blob)
-                return part, None, Finding(
-                    "part_corrupt", "error",
-                    f"{part.key}: stored bytes do not match the blake3 in the manifest", part.key,
-                ), len(blob)
+                    return (
+                        part,
+                        None,
+                        Finding(
+                            "part_misplaced",
+                            "error",
+                            f"{part.key} holds the bytes of part {other.index} ({other.key})",
+                            part.key,
+                        ),
+                        len(blob),
+                    )
+                return (
+                    part,
+                    None,
+                    Finding(
+                        "part_corrupt",
+                        "error",
+                        f"{part.key}: stored bytes do not match the blake3 in the manifest",
+                        part.key,
+                    ),
+                    len(blob),
+                )
             try:
                 plain = open_part(part, art.name, blob, data_key, local)
             except IntegrityError as exc:
-                return part, None, Finding("part_corrupt", "error", exc.message, part.key), len(blob)
+                return (
+                    part,
+                    None,
+                    Finding("part_corrupt", "error", exc.message, part.key),
+                    len(blob),
+                )
             return part, plain, None, len(blob)
 
         ordered = [p for p in sorted(art.parts, key=lambda p: p.index) if p.index in chosen]
-        for part, plain, finding, nbytes in _ordered(check, ordered, self.parallel):
+        for _part, plain, finding, nbytes in _ordered(check, ordered, self.parallel):
             report.parts_read += 1
             report.bytes_read += nbytes
             if finding is not None:

@@ -15,6 +15,7 @@ import yaml
 
 from vaultkeeper.cli.main import main
 
+
 @dataclass
 class Env:
     root: Path
@@ -58,7 +59,9 @@ def run_cli(args: list[str], expect: int | None = 0) -> tuple[int, str, str]:
         except SystemExit as exc:
             code = int(exc.code or 0)
     if expect is not None:
-        assert code == expect, f"exit {code} != {expect}\nstdout:\n{out.getvalue()}\nstderr:\n{err.getvalue()}"
+        assert code == expect, (
+            f"exit {code} != {expect}\nstdout:\n{out.getvalue()}\nstderr:\n{err.getvalue()}"
+        )
     return code, out.getvalue(), err.getvalue()
 
 
@@ -66,13 +69,27 @@ def base_config(env_root: Path, dsn: str, store_url: str, **store_extra: Any) ->
     return {
         "version": 1,
         "state_dir": str(env_root / "state"),
-        "stores": {"primary": {"url": store_url, "lock": {"mode": "COMPLIANCE", "retain_days": 7},
-                               **store_extra}},
-        "keys": {"master": [str(env_root / "keys" / "master.key")],
-                 "signing": str(env_root / "keys" / "signing.key")},
+        "stores": {
+            "primary": {
+                "url": store_url,
+                "lock": {"mode": "COMPLIANCE", "retain_days": 7},
+                **store_extra,
+            }
+        },
+        "keys": {
+            "master": [str(env_root / "keys" / "master.key")],
+            "signing": str(env_root / "keys" / "signing.key"),
+        },
         "sources": {"appdb": {"type": "postgres", "dsn": dsn}},
-        "jobs": {"appdb-nightly": {"kind": "backup-postgres", "source": "appdb", "store": "primary",
-                                   "schedule": "*-*-* 02:00:00", "chunk_size_mib": 1}},
+        "jobs": {
+            "appdb-nightly": {
+                "kind": "backup-postgres",
+                "source": "appdb",
+                "store": "primary",
+                "schedule": "*-*-* 02:00:00",
+                "chunk_size_mib": 1,
+            }
+        },
         "objectives": {"appdb": {"rpo": "24h", "rto": "15m"}},
     }
 

@@ -1,4 +1,4 @@
-"""Bad input gets a clear message naming what and where, a documented exit code, nothing half-done."""
+"""Bad input: a clear message naming what and where, a documented exit code, nothing half-done."""
 
 from __future__ import annotations
 
@@ -56,8 +56,9 @@ def test_missing_config_file_and_broken_yaml(tmp_path: Path) -> None:
 
 
 def test_json_failures_are_json(tmp_path: Path) -> None:
-    code, out, _ = run_cli(["--config", str(tmp_path / "nope.yml"), "snapshots", "list", "--json"],
-                           expect=3)
+    code, out, _ = run_cli(
+        ["--config", str(tmp_path / "nope.yml"), "snapshots", "list", "--json"], expect=3
+    )
     doc = json.loads(out)
     assert doc["type"] == "vaultkeeper.error" and doc["error"] == "config" and doc["exit_code"] == 3
 
@@ -68,8 +69,15 @@ def test_unreachable_s3_endpoint_fails_fast_with_the_endpoint_named(env, monkeyp
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
-    env.write_config(base_config(env.root, env.source_dsn, "s3://bucket/vk",
-                                 endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1"))
+    env.write_config(
+        base_config(
+            env.root,
+            env.source_dsn,
+            "s3://bucket/vk",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region="us-east-1",
+        )
+    )
     started = time.monotonic()
     _, _, err = env.cli("backup", "postgres", "--job", "appdb-nightly", expect=4)
     assert time.monotonic() - started < 30
@@ -79,9 +87,14 @@ def test_unreachable_s3_endpoint_fails_fast_with_the_endpoint_named(env, monkeyp
 def test_bucket_without_object_lock_is_refused(env, s3_endpoint: str) -> None:
     import boto3
 
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="plain")
-    env.write_config(base_config(env.root, env.source_dsn, "s3://plain/vk",
-                                 endpoint_url=s3_endpoint, region="us-east-1"))
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket="plain"
+    )
+    env.write_config(
+        base_config(
+            env.root, env.source_dsn, "s3://plain/vk", endpoint_url=s3_endpoint, region="us-east-1"
+        )
+    )
     _, _, err = env.cli("backup", "postgres", "--job", "appdb-nightly", expect=4)
     assert "plain" in err and "Object Lock" in err
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
@@ -100,9 +113,14 @@ def test_missing_pg_dump_is_named(env) -> None:
 
 
 def test_wrong_dsn_names_the_database_and_hides_the_password(env) -> None:
-    _, _, err = env.cli("restore", "postgres", "latest", "--into",
-                        "host=127.0.0.1 port=5432 user=postgres dbname=no_such_db password=s3cr3tpw",
-                        expect=7)  # no snapshot yet: not found comes first
+    _, _, err = env.cli(
+        "restore",
+        "postgres",
+        "latest",
+        "--into",
+        "host=127.0.0.1 port=5432 user=postgres dbname=no_such_db password=s3cr3tpw",
+        expect=7,
+    )  # no snapshot yet: not found comes first
     cfg = env.config()
     cfg["sources"]["appdb"]["dsn"] = "host=127.0.0.1 port=5432 user=postgres dbname=no_such_db"
     env.write_config(cfg)
@@ -113,8 +131,14 @@ def test_wrong_dsn_names_the_database_and_hides_the_password(env) -> None:
 
 def test_restore_into_unreachable_dsn_hides_the_password(env) -> None:
     sid = env.cli_json("backup", "postgres", "--job", "appdb-nightly")["snapshot_id"]
-    _, _, err = env.cli("restore", "postgres", sid, "--into",
-                        "postgresql://postgres:s3cr3tpw@127.0.0.1:5432/no_such_db", expect=5)
+    _, _, err = env.cli(
+        "restore",
+        "postgres",
+        sid,
+        "--into",
+        "postgresql://postgres:s3cr3tpw@127.0.0.1:5432/no_such_db",
+        expect=5,
+    )
     assert "no_such_db" in err and "s3cr3tpw" not in err
 
 
@@ -122,11 +146,11 @@ def test_database_down_mid_backup_fails_cleanly_and_commits_nothing(env) -> None
     with psycopg.connect(env.source_dsn, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO events (at, agent, payload, message) SELECT now(), 'bulk', "
-            "jsonb_build_object('g', g), repeat(md5(random()::text), 16) FROM generate_series(1, 80000) g"
+            "jsonb_build_object('g', g), repeat(md5(random()::text), 16) "
+            "FROM generate_series(1, 80000) g"
         )
     dbname = env.source_dsn.split("dbname=")[1]
-    proc = env.subprocess("backup", "postgres", "--job", "appdb-nightly",
-                          stderr=subprocess.PIPE)
+    proc = env.subprocess("backup", "postgres", "--job", "appdb-nightly", stderr=subprocess.PIPE)
     stop = threading.Event()
 
     def kill_backends() -> None:
@@ -134,7 +158,8 @@ def test_database_down_mid_backup_fails_cleanly_and_commits_nothing(env) -> None
             while not stop.is_set():
                 n = c.execute(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = %s AND application_name = 'pg_dump'", (dbname,)
+                    "WHERE datname = %s AND application_name = 'pg_dump'",
+                    (dbname,),
                 ).fetchone()[0]
                 if n:
                     return
@@ -154,8 +179,9 @@ def test_database_down_mid_backup_fails_cleanly_and_commits_nothing(env) -> None
 def tiny_fs(tmp_path: Path):
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                       capture_output=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
     yield mnt

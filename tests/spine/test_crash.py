@@ -24,7 +24,9 @@ def _grow(env) -> None:
 
 
 @pytest.mark.parametrize("kill_after_parts", [0, 1, 8, 20])
-def test_sigkill_mid_backup_leaves_no_snapshot_and_rerun_succeeds(env, kill_after_parts: int) -> None:
+def test_sigkill_mid_backup_leaves_no_snapshot_and_rerun_succeeds(
+    env, kill_after_parts: int
+) -> None:
     _grow(env)
     (env.store_dir / "snapshots").mkdir(exist_ok=True)
     proc = env.subprocess("backup", "postgres", "--job", "appdb-nightly")
@@ -45,6 +47,9 @@ def test_sigkill_mid_backup_leaves_no_snapshot_and_rerun_succeeds(env, kill_afte
     # no pg_dump left behind by the killed run
     import subprocess
 
-    ps = subprocess.run(["pgrep", "-f", f"pg_dump.*{env.source_dsn.split('dbname=')[1]}"],
-                        capture_output=True, text=True)
+    ps = subprocess.run(
+        ["pgrep", "-f", f"pg_dump.*{env.source_dsn.split('dbname=')[1]}"],
+        capture_output=True,
+        text=True,
+    )
     assert ps.stdout.strip() == ""

@@ -25,7 +25,10 @@ def test_backup_verify_restore_round_trip_preserves_every_row(env) -> None:
     restored = env.cli_json("restore", "postgres", sid, "--into", target)
     assert restored["ok"] is True
     assert restored["mismatch_count"] == 0
-    assert restored["schema_migrations"] == {"expected": "20261120093000", "actual": "20261120093000"}
+    assert restored["schema_migrations"] == {
+        "expected": "20261120093000",
+        "actual": "20261120093000",
+    }
 
     # Independent of the tool's own comparison: same fingerprints, same sample rows.
     assert current_fingerprints(Target.parse(target), "full", []) == current_fingerprints(

@@ -1,4 +1,4 @@
-"""Damage real snapshot output every way an attacker or a bad disk would; verify names it exactly."""
+"""Damage real snapshot output as an attacker or a bad disk would; verify names it exactly."""
 
 from __future__ import annotations
 
@@ -76,8 +76,11 @@ def test_manifest_resigned_with_a_foreign_key_is_untrusted(env) -> None:
     doc = json.loads(path.read_text())
     doc["manifest"]["postgres"]["tables"][0]["rows"] += 1  # the lie the forger wants to tell
     forger = generate_signer()
-    doc["signature"] = {"algorithm": "ed25519", "key_id": forger.key_id,
-                        "value": forger.sign(canonical_json(doc["manifest"]))}
+    doc["signature"] = {
+        "algorithm": "ed25519",
+        "key_id": forger.key_id,
+        "value": forger.sign(canonical_json(doc["manifest"])),
+    }
     _writable(path)
     path.write_text(json.dumps(doc))
     assert _findings(env, sid) == [("signature_untrusted", f"snapshots/{sid}/manifest.json")]
@@ -97,8 +100,10 @@ def test_manifest_copied_under_another_snapshot_id_is_misplaced(env) -> None:
     sid = _backup(env)
     fake = "20991231T235959Z-deadbeef"
     (env.store_dir / "snapshots" / fake).mkdir()
-    shutil.copy(env.store_dir / "snapshots" / sid / "manifest.json",
-                env.store_dir / "snapshots" / fake / "manifest.json")
+    shutil.copy(
+        env.store_dir / "snapshots" / sid / "manifest.json",
+        env.store_dir / "snapshots" / fake / "manifest.json",
+    )
     found = _findings(env, fake)
     assert found[0] == ("manifest_misplaced", f"snapshots/{fake}/manifest.json")
     # and it is not offered for restore
@@ -152,8 +157,13 @@ def test_corrupt_part_makes_restore_fail_with_nothing_committed(env) -> None:
 
 @pytest.fixture
 def s3_env(env, s3_endpoint: str, lock_bucket: str):
-    cfg = base_config(env.root, env.source_dsn, f"s3://{lock_bucket}/vk",
-                      endpoint_url=s3_endpoint, region="us-east-1")
+    cfg = base_config(
+        env.root,
+        env.source_dsn,
+        f"s3://{lock_bucket}/vk",
+        endpoint_url=s3_endpoint,
+        region="us-east-1",
+    )
     env.write_config(cfg)
     env.s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     env.bucket = lock_bucket
@@ -161,7 +171,9 @@ def s3_env(env, s3_endpoint: str, lock_bucket: str):
 
 
 def _s3_parts(env, sid: str) -> list[dict]:
-    body = json.loads(env.s3.get_object(Bucket=env.bucket, Key=f"vk/snapshots/{sid}/manifest.json")["Body"].read())
+    body = json.loads(
+        env.s3.get_object(Bucket=env.bucket, Key=f"vk/snapshots/{sid}/manifest.json")["Body"].read()
+    )
     return body["manifest"]["artifacts"][0]["parts"]
 
 
@@ -169,7 +181,9 @@ def test_s3_snapshot_verifies_and_every_object_is_locked_by_version(s3_env) -> N
     sid = _backup(s3_env)
     assert s3_env.cli_json("verify", sid)["ok"] is True
     for part in _s3_parts(s3_env, sid):
-        head = s3_env.s3.head_object(Bucket=s3_env.bucket, Key="vk/" + part["key"], VersionId=part["version_id"])
+        head = s3_env.s3.head_object(
+            Bucket=s3_env.bucket, Key="vk/" + part["key"], VersionId=part["version_id"]
+        )
         assert head["ObjectLockMode"] == "COMPLIANCE"
         assert head["ObjectLockRetainUntilDate"] > datetime.now(UTC) + timedelta(days=6)
 
@@ -179,18 +193,23 @@ def test_s3_shortened_lock_is_lock_weakened(s3_env) -> None:
     part = _s3_parts(s3_env, sid)[0]
     # Real S3 refuses this for COMPLIANCE; moto allows it, which is exactly the attack to detect.
     s3_env.s3.put_object_retention(
-        Bucket=s3_env.bucket, Key="vk/" + part["key"], VersionId=part["version_id"],
+        Bucket=s3_env.bucket,
+        Key="vk/" + part["key"],
+        VersionId=part["version_id"],
         Retention={"Mode": "COMPLIANCE", "RetainUntilDate": datetime.now(UTC) + timedelta(days=1)},
         BypassGovernanceRetention=True,
     )
     assert _findings(s3_env, sid) == [("lock_weakened", part["key"])]
 
 
-def test_s3_version_stacked_on_a_locked_part_is_reported_and_restore_uses_the_original(s3_env) -> None:
+def test_s3_version_stacked_on_a_locked_part_is_reported_and_restore_uses_the_original(
+    s3_env,
+) -> None:
     sid = _backup(s3_env)
     part = _s3_parts(s3_env, sid)[0]
-    s3_env.s3.put_object(Bucket=s3_env.bucket, Key="vk/" + part["key"], Body=b"evil",
-                         ChecksumAlgorithm="SHA256")
+    s3_env.s3.put_object(
+        Bucket=s3_env.bucket, Key="vk/" + part["key"], Body=b"evil", ChecksumAlgorithm="SHA256"
+    )
     assert _findings(s3_env, sid) == [("version_stacked", part["key"])]
     target = s3_env.make_db("vkt_restore")
     assert s3_env.cli_json("restore", "postgres", sid, "--into", target)["ok"] is True

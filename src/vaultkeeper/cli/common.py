@@ -11,7 +11,9 @@ import click
 from vaultkeeper.context import Context
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
-store_option = click.option("--store", "store_name", default=None, help="Store name (default: the first).")
+store_option = click.option(
+    "--store", "store_name", default=None, help="Store name (default: the first)."
+)
 
 
 def context(ctx: click.Context) -> Context:

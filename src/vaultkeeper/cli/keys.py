@@ -17,8 +17,13 @@ def keys() -> None:
 
 
 @keys.command("generate")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Directory for master.key, signing.key and signing.pub (created 0700).")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for master.key, signing.key and signing.pub (created 0700).",
+)
 @click.option("--key-id", default=None, help="Master key id (default: mk-<UTC date>).")
 @json_option
 def generate(directory: Path, key_id: str | None, as_json: bool) -> int:
@@ -38,15 +43,22 @@ def generate(directory: Path, key_id: str | None, as_json: bool) -> int:
     write_master_key(paths["master_key"], master)
     write_signer(paths["signing_key"], paths["signing_public_key"], signer)
     if as_json:
-        emit_json({
-            "schema_version": 1,
-            "type": "vaultkeeper.keys_generated",
-            "master_key_id": master.key_id,
-            "signing_key_id": signer.key_id,
-            "files": {k: str(v) for k, v in paths.items()},
-        })
+        emit_json(
+            {
+                "schema_version": 1,
+                "type": "vaultkeeper.keys_generated",
+                "master_key_id": master.key_id,
+                "signing_key_id": signer.key_id,
+                "files": {k: str(v) for k, v in paths.items()},
+            }
+        )
     else:
         click.echo(f"master key {master.key_id} -> {paths['master_key']}")
-        click.echo(f"signing key {signer.key_id} -> {paths['signing_key']} (public: {paths['signing_public_key']})")
-        click.echo("Back up both secret files offline; without the master key no snapshot can be read.")
+        click.echo(
+            f"signing key {signer.key_id} -> {paths['signing_key']} "
+            f"(public: {paths['signing_public_key']})"
+        )
+        click.echo(
+            "Back up both secret files offline; without the master key no snapshot can be read."
+        )
     return 0

@@ -22,21 +22,41 @@ def restore() -> None:
 @store_option
 @json_option
 @click.pass_context
-def postgres(ctx: click.Context, snapshot_id: str, into: str, force: bool, no_owner: bool,
-             store_name: str | None, as_json: bool) -> int:
+def postgres(
+    ctx: click.Context,
+    snapshot_id: str,
+    into: str,
+    force: bool,
+    no_owner: bool,
+    store_name: str | None,
+    as_json: bool,
+) -> int:
     """Restore SNAPSHOT_ID (or 'latest') into a database and compare table fingerprints."""
-    result = restore_postgres(context(ctx), snapshot_id, into, force=force, no_owner=no_owner,
-                              store_name=store_name, show_progress=False if as_json else None)
+    result = restore_postgres(
+        context(ctx),
+        snapshot_id,
+        into,
+        force=force,
+        no_owner=no_owner,
+        store_name=store_name,
+        show_progress=False if as_json else None,
+    )
     if as_json:
         emit_json(result.to_json())
     else:
-        click.echo(f"restored {result.snapshot_id} into {result.target}: "
-                   f"{human_bytes(result.bytes)} in {result.seconds:.1f}s")
-        click.echo(f"fingerprints: {result.tables_checked} tables checked, "
-                   f"{len(result.mismatches)} mismatches")
+        click.echo(
+            f"restored {result.snapshot_id} into {result.target}: "
+            f"{human_bytes(result.bytes)} in {result.seconds:.1f}s"
+        )
+        click.echo(
+            f"fingerprints: {result.tables_checked} tables checked, "
+            f"{len(result.mismatches)} mismatches"
+        )
         for m in result.mismatches:
             click.echo(f"  MISMATCH {m['table']}: {m['problem']}")
         if result.migrations_expected != result.migrations_actual:
-            click.echo(f"  schema_migrations head {result.migrations_actual} != "
-                       f"{result.migrations_expected}")
+            click.echo(
+                f"  schema_migrations head {result.migrations_actual} != "
+                f"{result.migrations_expected}"
+            )
     return 0 if result.ok else VerifyFailed.exit_code

@@ -43,16 +43,33 @@ def list_(ctx: click.Context, store_name: str | None, as_json: bool) -> int:
     name, _, store = c.store(store_name)
     rows = [_row(e) for e in catalog.entries(store, c.trusted)]
     if as_json:
-        emit_json({"schema_version": 1, "type": "vaultkeeper.snapshot_list", "store": name,
-                   "snapshots": rows})
+        emit_json(
+            {
+                "schema_version": 1,
+                "type": "vaultkeeper.snapshot_list",
+                "store": name,
+                "snapshots": rows,
+            }
+        )
         return 0
     if not rows:
         click.echo(f"no snapshots in {name} ({store.url})")
         return 0
-    click.echo(table(
-        [[r["snapshot_id"], r["kind"] or "?", r["source"] or "?", human_bytes(r["bytes"]),
-          human_bytes(r["stored_bytes"]), f"{r['lock_mode']} until {r['retain_until']}",
-          "ok" if r["valid"] else f"INVALID: {r['problem']}"] for r in rows],
-        ["SNAPSHOT", "KIND", "SOURCE", "SIZE", "STORED", "LOCK", "MANIFEST"],
-    ))
+    click.echo(
+        table(
+            [
+                [
+                    r["snapshot_id"],
+                    r["kind"] or "?",
+                    r["source"] or "?",
+                    human_bytes(r["bytes"]),
+                    human_bytes(r["stored_bytes"]),
+                    f"{r['lock_mode']} until {r['retain_until']}",
+                    "ok" if r["valid"] else f"INVALID: {r['problem']}",
+                ]
+                for r in rows
+            ],
+            ["SNAPSHOT", "KIND", "SOURCE", "SIZE", "STORED", "LOCK", "MANIFEST"],
+        )
+    )
     return 0

@@ -16,13 +16,25 @@ from vaultkeeper.verify import Verifier, VerifyReport
 @click.argument("snapshot_id", required=False)
 @click.option("--latest", is_flag=True, help="Verify the newest snapshot.")
 @click.option("--all", "all_", is_flag=True, help="Verify every snapshot.")
-@click.option("--sample", type=click.FloatRange(0, 100, min_open=True), default=100.0,
-              show_default=True, help="Percent of parts to download, decrypt and hash.")
+@click.option(
+    "--sample",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=100.0,
+    show_default=True,
+    help="Percent of parts to download, decrypt and hash.",
+)
 @store_option
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, snapshot_id: str | None, latest: bool, all_: bool, sample: float,
-           store_name: str | None, as_json: bool) -> int:
+def verify(
+    ctx: click.Context,
+    snapshot_id: str | None,
+    latest: bool,
+    all_: bool,
+    sample: float,
+    store_name: str | None,
+    as_json: bool,
+) -> int:
     """Verify snapshots without changing anything. Exit 10 when anything is wrong."""
     if sum([snapshot_id is not None, latest, all_]) != 1:
         raise UsageError("give exactly one of SNAPSHOT_ID, --latest or --all")
@@ -32,7 +44,9 @@ def verify(ctx: click.Context, snapshot_id: str | None, latest: bool, all_: bool
         keyring = c.keyring
     except KeyError_:
         if not as_json:
-            click.echo("warning: master key unavailable; checking structure and locks only", err=True)
+            click.echo(
+                "warning: master key unavailable; checking structure and locks only", err=True
+            )
         keyring = None
     verifier = Verifier(store, c.trusted, keyring, cfg.lock, sample_percent=sample)
     ids = catalog.snapshot_ids(store)

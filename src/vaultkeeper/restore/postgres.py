@@ -77,7 +77,9 @@ def restore_postgres(
     assert entry.manifest is not None
     body = entry.manifest.body
     if body.get("kind") != "postgres":
-        raise Refused(f"snapshot {entry.snapshot_id} is a {body.get('kind')} snapshot, not postgres")
+        raise Refused(
+            f"snapshot {entry.snapshot_id} is a {body.get('kind')} snapshot, not postgres"
+        )
     _, _, store = ctx.store(store_name)
     artifact = ArtifactRecord.from_json(
         next(a for a in body["artifacts"] if a["name"] == postgres.ARTIFACT)
@@ -88,7 +90,12 @@ def restore_postgres(
     target = postgres.Target.parse(into)
     bar = Progress(f"restore {entry.snapshot_id}", total=artifact.size, enabled=show_progress)
     postgres.restore(
-        target, artifact, store=store, data_key=data_key, force=force, no_owner=no_owner,
+        target,
+        artifact,
+        store=store,
+        data_key=data_key,
+        force=force,
+        no_owner=no_owner,
         progress=bar,
     )
     bar.finish()

@@ -51,7 +51,7 @@ def free_port() -> int:
 def _bin_dir(major: int | None) -> Path:
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
     if major is not None:
-        candidates = [Path(f"/usr/lib/postgresql/{major}/bin")] + candidates
+        candidates = [Path(f"/usr/lib/postgresql/{major}/bin"), *candidates]
     for d in candidates:
         if (d / "initdb").is_file():
             return d
@@ -60,7 +60,10 @@ def _bin_dir(major: int | None) -> Path:
 
 @contextmanager
 def scratch_cluster(
-    *, major: int | None = None, parent: Path | None = None, keep: bool = False,
+    *,
+    major: int | None = None,
+    parent: Path | None = None,
+    keep: bool = False,
     settings: dict[str, str] | None = None,
 ) -> Iterator[ScratchCluster]:
     bin_dir = _bin_dir(major)
@@ -80,9 +83,20 @@ def scratch_cluster(
             for p in (base, data, sock):
                 os.chown(p, pw.pw_uid, pw.pw_gid)
         run(
-            [str(bin_dir / "initdb"), "-D", str(data), "-U", db_user, "--auth=trust",
-             "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"],
-            user=run_as, timeout=120,
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                db_user,
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
+            user=run_as,
+            timeout=120,
         )
         port = free_port()
         conf = {
@@ -99,9 +113,19 @@ def scratch_cluster(
         with open(data / "postgresql.auto.conf", "a") as fh:
             fh.writelines(f"{k} = {v}\n" for k, v in conf.items())
         run(
-            [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"),
-             "-w", "-t", "60", "start"],
-            user=run_as, timeout=90,
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(base / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            user=run_as,
+            timeout=90,
         )
         started = True
         cluster = ScratchCluster(data, port, sock, bin_dir, db_user)
@@ -115,8 +139,21 @@ def scratch_cluster(
         if started:
             for mode in ("fast", "immediate"):
                 try:
-                    run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", mode, "-w", "-t", "30",
-                         "stop"], user=run_as, timeout=60)
+                    run(
+                        [
+                            str(bin_dir / "pg_ctl"),
+                            "-D",
+                            str(data),
+                            "-m",
+                            mode,
+                            "-w",
+                            "-t",
+                            "30",
+                            "stop",
+                        ],
+                        user=run_as,
+                        timeout=60,
+                    )
                     break
                 except ProgramFailed:
                     continue

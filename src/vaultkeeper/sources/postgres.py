@@ -252,7 +252,9 @@ def dump(
             try:
                 tables = user_tables(conn, exclude)
                 fp["tables"] = (
-                    [] if fingerprint_mode == "off" else fingerprints(conn, tables, fingerprint_mode)
+                    []
+                    if fingerprint_mode == "off"
+                    else fingerprints(conn, tables, fingerprint_mode)
                 )
                 fp["migrations"] = migrations_head(conn, migrations_table)
             except BaseException as exc:  # reported after the dump, with context
@@ -266,8 +268,8 @@ def dump(
         finally:
             worker.join()
         if fp_error:
-            exc = fp_error[0]
-            raise DatabaseError(f"fingerprinting failed: {_first_line(exc)}") from exc
+            cause = fp_error[0]
+            raise DatabaseError(f"fingerprinting failed: {_first_line(cause)}") from cause
         try:
             conn.execute("COMMIT")
         except psycopg.Error as exc:
