@@ -315,10 +315,12 @@ def oncalendar_to_cron(spec: str, *, job: str = "?") -> str:
         )
 
     tokens = spec.split()
-    if len(tokens) == 1 and tokens[0].lower() in _SHORTHANDS:
-        return _SHORTHANDS[tokens[0].lower()]
     if not tokens:
         raise fail("it is empty")
+    if tokens[0].lower() in _SHORTHANDS:
+        if len(tokens) > 1:
+            raise fail(f"{' '.join(tokens[1:])!r} (a time zone or extra field) is not supported")
+        return _SHORTHANDS[tokens[0].lower()]
 
     weekdays = "*"
     if tokens[0][0].isalpha():
