@@ -178,6 +178,19 @@ def test_multipart_upload_is_locked_on_the_server_itself(
     assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
+def test_multipart_re_put_of_identical_bytes_returns_the_existing_version(
+    s3_store: S3Store,
+) -> None:
+    data = os.urandom(6 * MiB)
+    lock = lock_in(3600)
+    first = s3_store.put("parts/big", data, lock)
+    again = s3_store.put("parts/big", data, lock)
+    assert again.version_id == first.version_id
+    with pytest.raises(ObjectLocked, match="different content"):
+        s3_store.put("parts/big", os.urandom(6 * MiB), lock)
+    assert len(s3_store.versions("parts/big")) == 1
+
+
 def test_every_put_carries_a_sha256_transport_checksum(
     s3_store: S3Store, raw_s3: Any, lock_bucket: str
 ) -> None:
