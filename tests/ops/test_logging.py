@@ -140,6 +140,14 @@ def test_secrets_never_reach_the_output(as_json: bool):
     log.event("connect", url="https://x.example/path?user=a&token=s3cr3t-t0ken-value&b=1")
     log.event("http", body='{"password": "hunter2-db-pass", "ok": true}')
     log.event("http", header="Authorization: Bearer s3cr3t-t0ken-value")
+    log.event(
+        "presign",
+        url="https://s3/vk/m.json?X-Amz-Credential=AKIA%2F&X-Amz-Signature=AKIAWJPSECRETKEY99",
+    )
+    log.event(
+        "sigv4",
+        header="Authorization: AWS4-HMAC-SHA256 Credential=AKIA/x, Signature=hunter2-db-pass",
+    )
     # a registered secret in any position, and a secret passed as %-args
     log.event("oops", message="the master passphrase is pa55w0rd! (do not log this)")
     logging.getLogger("vaultkeeper.x").warning(

@@ -45,6 +45,7 @@ _SECRET_SEGMENTS = frozenset(
         "authorization",
         "auth",
         "cookie",
+        "signature",
     }
 )
 # a name ending in one of these describes a secret without being one (key_id, password_file)
@@ -53,7 +54,7 @@ _NOT_SECRET_LAST = frozenset(
 )
 _SECRET_WORD = (
     r"(?:password|passwd|passphrase|secret|token|api[_-]?key|access[_-]?key"
-    r"|private[_-]?key|credentials?)"
+    r"|private[_-]?key|credentials?|signature|authorization)"
 )
 _PAIR = re.compile(
     rf"(?i)([\w.-]*{_SECRET_WORD}[\w.-]*)([\"']?\s*[=:]\s*)"
@@ -97,8 +98,8 @@ def redact_text(text: str) -> str:
     for secret in secrets:
         text = text.replace(secret, REDACTED)
     text = _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
-    text = _PAIR.sub(rf"\1\2{REDACTED}", text)
-    return _BEARER.sub(rf"\1 {REDACTED}", text)
+    text = _BEARER.sub(rf"\1 {REDACTED}", text)
+    return _PAIR.sub(rf"\1\2{REDACTED}", text)
 
 
 def redact(value: Any, name: str = "") -> Any:
