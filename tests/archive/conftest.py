@@ -79,7 +79,7 @@ def timescale_dsn() -> Iterator[str]:
 
 
 def _read_ready_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stderr is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
@@ -135,11 +135,51 @@ def ts_schema(ts_conn: psycopg.Connection[Any]) -> Iterator[str]:
     ts_conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
 
 
+@pytest.fixture(scope="session")
+def archive_pg_dsn() -> Iterator[str]:
+    """One database on the local PostgreSQL 15 for the whole session (CREATE DATABASE costs
+    about a second; tests isolate themselves in schemas instead, see ``pg_conn``)."""
+    admin_dsn = os.environ.get(
+        "VAULTKEEPER_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+    )
+    name = f"vkt_archive_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    parts = dict(p.split("=", 1) for p in admin_dsn.split())
+    parts["dbname"] = name
+    try:
+        yield " ".join(f"{k}={v}" for k, v in parts.items())
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
 @pytest.fixture
-def pg_conn(pg_dsn: str) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit connection to a fresh database on the local PostgreSQL 15."""
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        yield conn
+def pg_conn(archive_pg_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to PostgreSQL 15 whose ``search_path`` is a fresh schema.
+
+    Unqualified names (``agent_events``) land in that schema; it is dropped afterwards.
+    """
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(archive_pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        try:
+            yield conn
+        finally:
+            if not conn.closed:
+                conn.execute("ROLLBACK")
+                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def pg_schema(pg_conn: psycopg.Connection[Any]) -> str:
+    """The schema ``pg_conn`` works in."""
+    row = pg_conn.execute("SELECT current_schema()").fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 # --- loaded tables ---------------------------------------------------------------------------
@@ -166,9 +206,11 @@ def event_hypertable(
 
 
 @pytest.fixture
-def event_partitions(pg_conn: psycopg.Connection[Any], events: list[tuple[Any, ...]]) -> str:
-    """``public.agent_events`` on PostgreSQL 15: monthly native partitions + default, loaded."""
-    table = "public.agent_events"
+def event_partitions(
+    pg_conn: psycopg.Connection[Any], pg_schema: str, events: list[tuple[Any, ...]]
+) -> str:
+    """``<schema>.agent_events`` on PostgreSQL 15: monthly native partitions + default, loaded."""
+    table = f"{pg_schema}.agent_events"
     create_monthly_partitions(pg_conn, table, [(2024, 1), (2024, 2), (2024, 3)])
     insert_rows(pg_conn, table, EVENT_COLUMNS, events)
     return table

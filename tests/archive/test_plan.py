@@ -6,7 +6,7 @@ import datetime as dt
 import itertools
 import json
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 
 from vaultkeeper.archive.discovery import Bound, Chunk, ChunkKind
@@ -142,7 +142,7 @@ def test_chunk_ending_exactly_at_archive_threshold_is_archive_age() -> None:
 
 def test_chunk_straddling_archive_threshold_is_neither_archived_nor_purged() -> None:
     chunk = ts_chunk(NOW - 30 * DAY + dt.timedelta(microseconds=1))
-    assert chunk.range_start is not None and chunk.range_start < NOW - 30 * DAY
+    assert isinstance(chunk.range_start, dt.datetime) and chunk.range_start < NOW - 30 * DAY
     action, reasons = decide(chunk, verified())
     assert action is Action.COMPRESS
     assert "archive due at 2024-06-01T12:00:00.000001Z" in reasons

@@ -225,15 +225,16 @@ def _hypertable(
         raise UnsupportedTable(f"hypertable {schema}.{name} has no dimension", table=name)
     key_column, key_type = str(dim[0]), str(dim[1])
     _check_key_type(schema, name, key_column, key_type)
-    rows = conn.execute(
-        "SELECT chunk_schema, chunk_name,"
-        " CASE WHEN isfinite(range_start) THEN range_start END,"
-        " CASE WHEN isfinite(range_end) THEN range_end END,"
-        " range_start_integer, range_end_integer, is_compressed"
-        " FROM timescaledb_information.chunks"
-        " WHERE hypertable_schema = %s AND hypertable_name = %s",
-        [schema, name],
-    ).fetchall()
+    with conn.cursor(binary=True) as cur:  # binary: values do not depend on DateStyle
+        rows = cur.execute(
+            "SELECT chunk_schema::text, chunk_name::text,"
+            " CASE WHEN isfinite(range_start) THEN range_start END,"
+            " CASE WHEN isfinite(range_end) THEN range_end END,"
+            " range_start_integer, range_end_integer, is_compressed"
+            " FROM timescaledb_information.chunks"
+            " WHERE hypertable_schema = %s AND hypertable_name = %s",
+            [schema, name],
+        ).fetchall()
     chunks = [
         Chunk(
             schema=str(r[0]),
@@ -368,7 +369,8 @@ def _cast_literals(
     """Let the server turn bound literals into typed values.
 
     ``pg_get_expr`` prints bounds in the session's TimeZone/DateStyle; casting them back in the
-    same session is exact, whatever those settings are.
+    same session is exact, whatever those settings are, and the binary result format keeps
+    psycopg's parsing independent of DateStyle.
     """
     if not literals:
         return []
@@ -379,7 +381,8 @@ def _cast_literals(
     query = sql.SQL(
         "SELECT {} FROM unnest(%s::text[]) WITH ORDINALITY AS u(b, i) ORDER BY i"
     ).format(value)
-    rows = conn.execute(query, [list(literals)]).fetchall()
+    with conn.cursor(binary=True) as cur:
+        rows = cur.execute(query, [list(literals)]).fetchall()
     out: list[Bound] = []
     for (v,) in rows:
         if isinstance(v, dt.datetime) and v.tzinfo is not None:
