@@ -32,6 +32,7 @@ from vaultkeeper.audit._db import (
     connect,
     database_error,
     describe_target,
+    redact_dsn,
     where,
 )
 from vaultkeeper.audit.canonical import (
@@ -211,8 +212,8 @@ def verify(
         except psycopg.errors.InsufficientPrivilege as exc:
             raise DatabaseError(
                 f"cannot read the audit log in schema {schema!r} ({where(target)}): "
-                f"{str(exc).strip()}; verify as the schema owner or a role with SELECT on "
-                "its tables and no row-level security policy in the way",
+                f"{redact_dsn(str(exc)).strip()}; verify as the schema owner or a role with "
+                "SELECT on its tables and no row-level security policy in the way",
                 schema=schema,
                 **target,
             ) from None
