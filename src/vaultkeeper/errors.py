@@ -221,3 +221,13 @@ class Interrupted(VaultkeeperError):
 
     exit_code = 130
     code = "interrupted"
+
+
+class LedgerTailCorrupt(LedgerInvalid):
+    """The last record of the ledger chain is torn or unreadable, so it cannot be extended.
+
+    Run `vaultkeeper ledger verify` on the directory; a torn last line (a crash in the middle of
+    a write) can be cut by reopening the writer with repair_torn_tail=True.
+    """
+
+    code = "ledger_tail_corrupt"
