@@ -6,18 +6,21 @@ the chunk did not change since the export. A rehydrated copy must fingerprint th
 
 How the digest is computed, and why:
 
-* every row becomes ``md5(ROW(c1, c2, ...)::text)``, the 128-bit MD5 of its text form over an
+* every row becomes ``md5(ROW(c1, c2, ...)::text)``, the MD5 of its text form over an
   explicit column list (so physical column order, dropped columns and the relation's name do not
   matter, only the values and their types);
-* the two 64-bit halves of each hash are read as signed ``int8`` and summed, exactly, as
-  ``numeric``; the digest is both sums reduced mod 2**64, as 32 hex digits.
+* the first 64 bits of each hash are read as a signed ``int8`` and summed, exactly, as
+  ``numeric``; the digest is that sum mod 2**64, as 16 hex digits.
 
 Summing is commutative, so the result does not depend on row order and needs no sort: the
-database streams the rows through one aggregate with constant memory (``EXPLAIN`` shows a plain
-Aggregate over a scan). Unlike XOR, a sum keeps duplicate rows apart (two equal rows do not
-cancel out), so the digest is a fingerprint of the multiset of rows. MD5 is used as a checksum
-against accidental loss or change, not against an adversary: integrity of archive bytes is
-blake3's job.
+database streams the rows through one aggregate with constant memory, and may split it over
+parallel workers (``EXPLAIN`` shows Aggregate over a scan, no Sort). Unlike XOR, a sum keeps
+duplicate rows apart (two equal rows do not cancel out), so the digest is a fingerprint of the
+multiset of rows. 64 bits, not all 128: PostgreSQL evaluates a repeated expression once per
+use, so a second half doubles the MD5 work (measured: ~1.5x slower on 90k event rows), while an
+accidental change already goes unnoticed with probability about 2**-64, next to an unchanged
+row count. MD5 is a checksum against accidental loss or change, not against an adversary:
+integrity of archive bytes is blake3's job.
 
 Text forms depend on session settings; the fingerprint pins them (``TimeZone=UTC``,
 ``DateStyle=ISO, YMD``, ``IntervalStyle=postgres``, ``extra_float_digits=1``,
@@ -40,7 +43,7 @@ from psycopg import sql
 from vaultkeeper.archive.discovery import Chunk, TableNotFound, discover
 
 #: Tag of the digest algorithm; a different algorithm must use a different tag.
-DIGEST_ALGORITHM = "md5sum128-v1"
+DIGEST_ALGORITHM = "md5sum64-v1"
 
 #: Session settings that change the text form of values, pinned while fingerprinting.
 PINNED_SETTINGS: Mapping[str, str] = {
@@ -65,7 +68,8 @@ class Fingerprint(NamedTuple):
 class RowRange:
     """The rows of ``table`` whose partition key lies in ``[start, end)`` (``None`` = open).
 
-    ``key_column`` defaults to the table's partition/time column found by :func:`discover`.
+    ``key_column`` defaults to the table's partition/time column found by :func:`discover`;
+    name it for a table that is not partitioned (a rehydrated copy, say).
     """
 
     table: str
@@ -112,31 +116,46 @@ def chunk_fingerprint(
         if not cols:
             raise ValueError(f"{schema}.{name} has no columns to fingerprint")
 
-        where: list[sql.Composable] = []
         params: list[Any] = []
+        bounds: tuple[bool, bool] = (False, False)
         if isinstance(target, RowRange):
-            assert key is not None
-            if target.start is not None:
-                where.append(sql.SQL("{} >= %s").format(sql.Identifier(key)))
-                params.append(target.start)
-            if target.end is not None:
-                where.append(sql.SQL("{} < %s").format(sql.Identifier(key)))
-                params.append(target.end)
-        query = sql.SQL(
-            "SELECT count(*)::int8,"
-            " coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::int8::numeric), 0)::text,"
-            " coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::int8::numeric), 0)::text"
-            " FROM (SELECT md5(ROW({cols})::text) AS h FROM {rel} {where}) AS rows"
-        ).format(
-            cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
-            rel=sql.Identifier(schema, name),
-            where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
-        )
+            bounds = (target.start is not None, target.end is not None)
+            params = [v for v in (target.start, target.end) if v is not None]
+        query = fingerprint_sql(schema, name, cols, key_column=key, bounds=bounds)
         with _pinned_settings(conn):
             row = conn.execute(query, params).fetchone()
     assert row is not None
-    count, hi, lo = int(row[0]), int(row[1]), int(row[2])
-    return Fingerprint(count, f"{DIGEST_ALGORITHM}:{hi % _MOD:016x}{lo % _MOD:016x}")
+    return Fingerprint(int(row[0]), f"{DIGEST_ALGORITHM}:{int(row[1]) % _MOD:016x}")
+
+
+def fingerprint_sql(
+    schema: str,
+    name: str,
+    columns: Sequence[str],
+    *,
+    key_column: str | None = None,
+    bounds: tuple[bool, bool] = (False, False),
+) -> sql.Composed:
+    """The fingerprint query: one row ``(count, sum)``; ``%s`` parameters for the bounds in
+    ``bounds`` (lower ``key >= %s``, upper ``key < %s``). Run it through
+    :func:`chunk_fingerprint`, which pins the session settings the text forms depend on."""
+    where: list[sql.Composable] = []
+    if bounds[0] or bounds[1]:
+        if key_column is None:
+            raise ValueError("a key range needs the key column")
+        if bounds[0]:
+            where.append(sql.SQL("{} >= %s").format(sql.Identifier(key_column)))
+        if bounds[1]:
+            where.append(sql.SQL("{} < %s").format(sql.Identifier(key_column)))
+    return sql.SQL(
+        "SELECT count(*)::int8,"
+        " coalesce(sum(('x' || substr(md5(ROW({cols})::text), 1, 16))::bit(64)::int8"
+        "::numeric), 0)::text FROM {rel} {where}"
+    ).format(
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        rel=sql.Identifier(schema, name),
+        where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
+    )
 
 
 @contextmanager
@@ -197,4 +216,5 @@ __all__ = [
     "RowRange",
     "Target",
     "chunk_fingerprint",
+    "fingerprint_sql",
 ]
