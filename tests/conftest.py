@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
+
+from vkenv import Env, base_config, run_cli
 
 PG_ADMIN_DSN = os.environ.get(
     "VAULTKEEPER_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -110,3 +113,16 @@ def sample_db(sample_template: str) -> Iterator[str]:
     yield _dsn_for(name)
     with _admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def env(tmp_path: Path, sample_db: str, pg_factory: Callable[..., str]) -> Env:
+    """Keys, a local WORM store and a config pointing at a database of sample data."""
+    keys = tmp_path / "keys"
+    run_cli(["keys", "generate", "--dir", str(keys)])
+    store = tmp_path / "store"
+    store.mkdir()
+    cfg = tmp_path / "continuity.yml"
+    e = Env(tmp_path, cfg, store, keys, sample_db, pg_factory)
+    e.write_config(base_config(tmp_path, sample_db, f"file://{store}"))
+    return e

@@ -79,6 +79,7 @@ def backup_postgres(ctx: Context, job_name: str, show_progress: bool | None = No
         fingerprint_mode=src.fingerprints,
         migrations_table=src.schema_migrations_table,
         exclude=src.exclude_tables,
+        audit_schema=src.audit_schema,
         write=lambda chunks: writer.add(postgres.ARTIFACT, postgres.FORMAT, chunks, bar),
     )
     bar.finish()

@@ -106,7 +106,10 @@ class PostgresSource(_Model):
     bin_dir: Path | None = None
     #: full = row count + server-side digest per table; counts = row counts only; off
     fingerprints: Literal["full", "counts", "off"] = "full"
+    #: resolved like the application does (search_path), or schema-qualified
     schema_migrations_table: str = "schema_migrations"
+    #: schema of vaultkeeper's audit log; its head (seq, hash) is anchored in each manifest
+    audit_schema: str | None = "vaultkeeper_audit"
     exclude_tables: list[str] = Field(default_factory=list)
 
     @field_validator("dsn")
@@ -155,6 +158,90 @@ class Objective(_Model):
         return v if v is None or isinstance(v, timedelta) else parse_duration(v)
 
 
+class DrillPostgres(_Model):
+    """How a drill gets a PostgreSQL to restore into."""
+
+    #: scratch = initdb in a temp dir on a free port, removed afterwards; dsn = a server you run
+    provision: Literal["scratch", "dsn"] = "scratch"
+    #: with provision: dsn, an admin connection (no password inline) to the drill server; each
+    #: restored source gets a database named drill_<source> there, replaced on every drill
+    dsn: str | None = None
+    password: SecretRef | None = None
+    #: a configured server's drill databases are dropped and recreated only when this is true
+    allow_overwrite: bool = False
+    #: PostgreSQL sources to restore (each from its newest verified snapshot)
+    sources: list[str] = Field(min_length=1)
+    #: pg_restore --jobs
+    jobs: int = Field(default=2, ge=1, le=32)
+
+    @model_validator(mode="after")
+    def _dsn_needed(self) -> DrillPostgres:
+        if self.provision == "dsn" and not self.dsn:
+            raise ValueError("provision: dsn needs a dsn")
+        return self
+
+
+class AuditCheck(_Model):
+    #: the restored source whose database holds the audit log
+    source: str
+    schema_name: str = Field(default="vaultkeeper_audit", alias="schema")
+
+
+class LedgerDrill(_Model):
+    #: the ledger source whose newest verified snapshot is restored
+    source: str
+    #: where to restore (default: a temp dir removed afterwards)
+    restore_to: Path | None = None
+
+
+class Probe(_Model):
+    name: str
+    type: Literal["sql", "http", "command"]
+    #: sql: run against the restored database of this source
+    source: str | None = None
+    query: str | None = None
+    #: sql: expected first column of the first row, compared as text
+    expect: str | None = None
+    #: http
+    url: str | None = None
+    expect_status: int = 200
+    contains: str | None = None
+    #: command (argv list, no shell)
+    argv: list[str] | None = None
+    expect_exit: int = 0
+    timeout_seconds: float = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _fields(self) -> Probe:
+        need = {"sql": ("query", "source"), "http": ("url",), "command": ("argv",)}[self.type]
+        missing = [f for f in need if getattr(self, f) in (None, [])]
+        if missing:
+            raise ValueError(f"a {self.type} probe needs {', '.join(missing)}")
+        return self
+
+
+class Hooks(_Model):
+    #: commands (argv lists) run before and after the restore steps, with VK_DRILL_* variables
+    before_restore: list[list[str]] = Field(default_factory=list)
+    after_restore: list[list[str]] = Field(default_factory=list)
+    timeout_seconds: float = Field(default=300, gt=0)
+
+
+class DrillTarget(_Model):
+    store: str | None = None
+    postgres: DrillPostgres | None = None
+    audit: AuditCheck | None = None
+    ledgers: LedgerDrill | None = None
+    #: outbox replay + reconciliation (see docs/outbox.md); ``source`` names the restored database
+    outbox: dict[str, Any] | None = None
+    probes: list[Probe] = Field(default_factory=list)
+    hooks: Hooks = Field(default_factory=Hooks)
+    #: objectives for this drill (default: the strictest of its sources' objectives)
+    objectives: Objective | None = None
+    #: where drill scratch clusters and temp dirs are created (default: the system temp dir)
+    workdir: Path | None = None
+
+
 class Config(_Model):
     version: Literal[1] = 1
     state_dir: Path = Path("/var/lib/vaultkeeper")
@@ -163,6 +250,7 @@ class Config(_Model):
     sources: dict[str, Source] = Field(default_factory=dict)
     jobs: dict[str, JobConfig] = Field(default_factory=dict)
     objectives: dict[str, Objective] = Field(default_factory=dict)
+    targets: dict[str, DrillTarget] = Field(default_factory=dict)
     #: where this config was loaded from (not part of the file)
     path: Path = Field(default=Path("<memory>"), exclude=True)
 
@@ -173,7 +261,25 @@ class Config(_Model):
                 raise ValueError(f"jobs.{name}.source: no source named {job.source!r}")
             if job.store is not None and job.store not in self.stores:
                 raise ValueError(f"jobs.{name}.store: no store named {job.store!r}")
+        for name, target in self.targets.items():
+            if target.store is not None and target.store not in self.stores:
+                raise ValueError(f"targets.{name}.store: no store named {target.store!r}")
+            named = list(target.postgres.sources if target.postgres else [])
+            named += [t.source for t in (target.audit, target.ledgers) if t is not None]
+            named += [p.source for p in target.probes if p.source]
+            for src in named:
+                if src not in self.sources:
+                    raise ValueError(f"targets.{name}: no source named {src!r}")
         return self
+
+    def target(self, name: str) -> DrillTarget:
+        try:
+            return self.targets[name]
+        except KeyError:
+            known = ", ".join(sorted(self.targets)) or "none"
+            raise ConfigError(
+                f"{self.path}: no drill target named {name!r} (targets: {known})"
+            ) from None
 
     def job(self, name: str) -> JobConfig:
         try:
@@ -214,7 +320,19 @@ def _resolve_paths(node: Any, base: Path, key: str = "") -> Any:
     return node
 
 
-_PATH_KEYS = {"file", "master", "signing", "trusted", "state_dir", "bin_dir", "paths", "state_dirs"}
+_PATH_KEYS = {
+    "file",
+    "master",
+    "signing",
+    "trusted",
+    "state_dir",
+    "bin_dir",
+    "paths",
+    "state_dirs",
+    "restore_to",
+    "workdir",
+    "path",
+}
 
 
 def config_path(explicit: str | os.PathLike[str] | None) -> Path:

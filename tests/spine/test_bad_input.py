@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from .conftest import base_config, run_cli
+from vkenv import base_config, run_cli
 
 
 def _no_snapshots(env) -> None:

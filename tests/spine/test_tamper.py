@@ -14,8 +14,7 @@ import pytest
 
 from vaultkeeper.crypto import generate_master_key, generate_signer, write_master_key
 from vaultkeeper.manifest import canonical_json
-
-from .conftest import base_config
+from vkenv import base_config
 
 
 def _backup(env) -> str:

@@ -35,7 +35,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 def _register() -> None:
-    from vaultkeeper.cli import audit, backup, keys, ledger, restore, snapshots, verify
+    from vaultkeeper.cli import audit, backup, drill, keys, ledger, restore, snapshots, verify
 
     for command in (
         keys.keys,
@@ -43,6 +43,7 @@ def _register() -> None:
         snapshots.snapshots,
         verify.verify,
         restore.restore,
+        drill.drill,
         ledger.ledger,
         audit.audit,
     ):

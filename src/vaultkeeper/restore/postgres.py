@@ -112,7 +112,7 @@ def restore_postgres(
     actual_head = None
     if migrations:
         with target.connect() as conn:
-            head = postgres.migrations_head(conn, migrations["table"].split(".", 1)[-1])
+            head = postgres.migrations_head(conn, migrations["table"])
         actual_head = head["head"] if head else None
     return RestoreResult(
         snapshot_id=entry.snapshot_id,

@@ -80,6 +80,7 @@ def scratch_cluster(
         if as_root:
             base.chmod(0o755)
             pw = pwd.getpwnam("postgres")
+            _require_traversable(base.parent, pw)
             for p in (base, data, sock):
                 os.chown(p, pw.pw_uid, pw.pw_gid)
         run(
@@ -159,6 +160,24 @@ def scratch_cluster(
                     continue
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def _require_traversable(path: Path, pw: pwd.struct_passwd) -> None:
+    """The server runs as ``pw``: every parent of its data dir must let it through."""
+    for d in [path, *path.parents]:
+        st = d.stat()
+        if st.st_uid == pw.pw_uid:
+            ok = bool(st.st_mode & 0o100)
+        elif st.st_gid == pw.pw_gid:
+            ok = bool(st.st_mode & 0o010)
+        else:
+            ok = bool(st.st_mode & 0o001)
+        if not ok:
+            raise SourceError(
+                f"the scratch cluster runs as user {pw.pw_name}, which cannot traverse {d} "
+                f"(mode {st.st_mode & 0o777:o}); choose a work directory whose parents are "
+                "traversable (chmod o+x), e.g. under /var/tmp"
+            )
 
 
 def _wait_ready(cluster: ScratchCluster, timeout: float = 30) -> None:

@@ -10,6 +10,7 @@ against them.
 from __future__ import annotations
 
 import re
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -61,6 +62,14 @@ class Target:
     @property
     def secrets(self) -> list[str]:
         return [self.password] if self.password else []
+
+    def conninfo(self) -> str:
+        """The DSN with the password inside, for libraries that take one string (never shown)."""
+        if not self.password:
+            return self.dsn
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(self.dsn, password=self.password)
 
     def connect(self, autocommit: bool = True) -> psycopg.Connection[Any]:
         try:
@@ -178,23 +187,38 @@ def fingerprints(
     return out
 
 
+def audit_head(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any] | None:
+    """(seq, row_hash) of the newest audit log row, to anchor the audit chain in the manifest."""
+    if conn.execute("SELECT to_regclass(%s)", (f"{schema}.audit_log",)).fetchone() in (
+        None,
+        (None,),
+    ):
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT seq, row_hash FROM {}.audit_log ORDER BY seq DESC LIMIT 1").format(
+            sql.Identifier(schema)
+        )
+    ).fetchone()
+    return {"schema": schema, "seq": int(row[0]), "row_hash": str(row[1])} if row else None
+
+
 def migrations_head(conn: psycopg.Connection[Any], table: str) -> dict[str, Any] | None:
-    """max(version) of the schema_migrations table, when there is one."""
+    """max(version) of the schema_migrations table (resolved like the app would: search_path,
+    or schema-qualified), when there is one."""
     found = conn.execute(
         """
-        SELECT n.nspname,
+        SELECT n.nspname, c.relname,
                (SELECT a.attname FROM pg_attribute a
                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                  ORDER BY (a.attname = 'version') DESC, a.attnum LIMIT 1)
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relname = %s AND c.relkind IN ('r', 'p')
-        ORDER BY (n.nspname = 'public') DESC, n.nspname LIMIT 1
+        WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'p')
         """,
         (table,),
     ).fetchone()
     if found is None:
         return None
-    schema, column = found
+    schema, table, column = found
     row = conn.execute(
         sql.SQL("SELECT max({})::text, count(*) FROM {}.{}").format(
             sql.Identifier(column), sql.Identifier(schema), sql.Identifier(table)
@@ -222,6 +246,7 @@ def dump(
     fingerprint_mode: str,
     migrations_table: str,
     exclude: list[str],
+    audit_schema: str | None = None,
     write: Callable[[Iterator[bytes]], ArtifactRecord],
 ) -> DumpResult:
     """Dump through ``write`` (the snapshot's artifact writer) from one exported snapshot."""
@@ -257,6 +282,7 @@ def dump(
                     else fingerprints(conn, tables, fingerprint_mode)
                 )
                 fp["migrations"] = migrations_head(conn, migrations_table)
+                fp["audit"] = audit_head(conn, audit_schema) if audit_schema else None
             except BaseException as exc:  # reported after the dump, with context
                 fp_error.append(exc)
 
@@ -284,6 +310,7 @@ def dump(
             "fingerprint_mode": fingerprint_mode,
             "tables": fp["tables"],
             "schema_migrations": fp["migrations"],
+            "audit_head": fp["audit"],
             "excluded_tables": exclude,
         },
         artifact=artifact,
@@ -307,9 +334,17 @@ def restore(
     force: bool,
     no_owner: bool,
     parallel: int = 4,
+    jobs: int = 1,
+    workdir: Path | None = None,
     progress: Progress | None = None,
 ) -> None:
-    """Stream the dump into pg_restore in ONE transaction: all of it lands, or nothing does."""
+    """Restore the dump into ``target``.
+
+    With ``jobs == 1`` the dump streams into pg_restore in ONE transaction: all of it lands, or
+    nothing does. With ``jobs > 1`` it is first written (each part checked) to a temp file in
+    ``workdir`` and restored by ``pg_restore --jobs``; faster, but a failure can leave a partly
+    restored database (drills restore into scratch databases, where that does not matter).
+    """
     with target.connect() as conn:
         major = server_major(conn)
         existing = len(user_tables(conn))
@@ -320,17 +355,26 @@ def restore(
             tables=existing,
         )
     pg_restore = program("pg_restore", target, major)
-    argv = [
-        pg_restore,
-        "--exit-on-error",
-        "--single-transaction",
-        "--no-password",
-        f"--dbname={target.dsn}",
-    ]
+    argv = [pg_restore, "--exit-on-error", "--no-password", f"--dbname={target.dsn}"]
     if force:
         argv += ["--clean", "--if-exists"]
     if no_owner:
         argv += ["--no-owner", "--no-privileges"]
+    if jobs > 1:
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix="vk-restore-", suffix=".dump") as tmp:
+            for chunk in read_artifact(
+                artifact, store=store, data_key=data_key, parallel=parallel, progress=progress
+            ):
+                tmp.write(chunk)
+            tmp.flush()
+            run(
+                [*argv, f"--jobs={jobs}", tmp.name],
+                env=target.env,
+                secrets=target.secrets,
+                timeout=None,
+            )
+        return
+    argv.append("--single-transaction")
     try:
         with stream(argv, env=target.env, secrets=target.secrets, stdin=True) as proc:
             for chunk in read_artifact(

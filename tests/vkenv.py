@@ -1,4 +1,4 @@
-"""Fixtures for the snapshot spine: keys, a config, a database with realistic rows, a CLI runner."""
+"""Test helpers shared by every suite: a CLI runner and an environment (keys, store, config)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from vaultkeeper.cli.main import main
@@ -92,16 +91,3 @@ def base_config(env_root: Path, dsn: str, store_url: str, **store_extra: Any) ->
         },
         "objectives": {"appdb": {"rpo": "24h", "rto": "15m"}},
     }
-
-
-@pytest.fixture
-def env(tmp_path: Path, sample_db: str, pg_factory: Callable[..., str]) -> Env:
-    """Keys, a local WORM store and a config pointing at a database of sample data."""
-    keys = tmp_path / "keys"
-    run_cli(["keys", "generate", "--dir", str(keys)])
-    store = tmp_path / "store"
-    store.mkdir()
-    cfg = tmp_path / "continuity.yml"
-    e = Env(tmp_path, cfg, store, keys, sample_db, pg_factory)
-    e.write_config(base_config(tmp_path, sample_db, f"file://{store}"))
-    return e

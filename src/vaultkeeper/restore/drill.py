@@ -1,0 +1,682 @@
+"""The restore drill: rebuild from the newest verified snapshots and prove it, step by step.
+
+Each step is timed and reports pass/fail with evidence. The first failing step ends the drill
+(later steps are reported as skipped, with the reason), because a check on top of a broken
+restore proves nothing. RTO is measured from the drill's start to the moment every check is
+green; RPO is the age of the restored snapshot at the drill's start. Everything the drill
+creates (scratch clusters, temp dirs, child processes) is removed on pass, fail and Ctrl-C,
+unless ``keep`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from vaultkeeper import __version__, catalog
+from vaultkeeper.config import DrillTarget, Probe
+from vaultkeeper.context import Context
+from vaultkeeper.crypto import DataKey
+from vaultkeeper.errors import ConfigError, Interrupted, NotFound, Refused, VaultkeeperError
+from vaultkeeper.manifest import isoformat, parse_time
+from vaultkeeper.pipeline import ArtifactRecord
+from vaultkeeper.restore.scratch import scratch_cluster
+from vaultkeeper.runner import run
+from vaultkeeper.sources import postgres
+from vaultkeeper.verify import Verifier
+
+SUMMARY_TYPE = "vaultkeeper.drill_summary"
+
+
+class StepFailed(Exception):
+    """Raised inside a step: the step fails with this reason and evidence."""
+
+    def __init__(self, reason: str, **evidence: Any) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.evidence = evidence
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str  # pass | fail | skipped
+    seconds: float = 0.0
+    evidence: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "seconds": round(self.seconds, 3),
+            "evidence": self.evidence,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class DrillSummary:
+    drill_id: str
+    target: str
+    started_at: datetime
+    steps: list[StepResult] = field(default_factory=list)
+    snapshots: dict[str, dict[str, str]] = field(default_factory=dict)
+    mismatch_counts: dict[str, int] = field(default_factory=dict)
+    rto_seconds: float | None = None
+    rpo_seconds: float | None = None
+    objectives: dict[str, Any] = field(default_factory=dict)
+    finished_at: datetime | None = None
+    elapsed_seconds: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        ok = self.steps and all(s.status in ("pass", "skipped") for s in self.steps)
+        ran = any(s.status == "pass" for s in self.steps)
+        return "PASS" if ok and ran and self.rto_seconds is not None else "FAIL"
+
+    @property
+    def failed_step(self) -> StepResult | None:
+        return next((s for s in self.steps if s.status == "fail"), None)
+
+    def to_json(self) -> dict[str, Any]:
+        failed = self.failed_step
+        return {
+            "schema_version": 1,
+            "type": SUMMARY_TYPE,
+            "drill_id": self.drill_id,
+            "target": self.target,
+            "host": socket.gethostname(),
+            "tool": {"name": "vaultkeeper", "version": __version__},
+            "started_at": isoformat(self.started_at),
+            "finished_at": isoformat(self.finished_at or self.started_at),
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "verdict": self.verdict,
+            "failed_step": failed.name if failed else None,
+            "reason": failed.reason if failed else None,
+            "snapshots": self.snapshots,
+            "steps": [s.to_json() for s in self.steps],
+            "mismatch_counts": self.mismatch_counts,
+            "rto_seconds": None if self.rto_seconds is None else round(self.rto_seconds, 3),
+            "rpo_seconds": None if self.rpo_seconds is None else round(self.rpo_seconds, 3),
+            "objectives": self.objectives,
+        }
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so cleanup runs for a drill stopped by systemd or a CI."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass
+class Drill:
+    ctx: Context
+    target_name: str
+    snapshot: str = "latest"
+    keep: bool = False
+    log: Callable[[str], None] = lambda _msg: None
+
+    def __post_init__(self) -> None:
+        self.target: DrillTarget = self.ctx.config.target(self.target_name)
+        started = datetime.now(UTC)
+        self.summary = DrillSummary(
+            drill_id="drill-" + started.strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(3).hex(),
+            target=self.target_name,
+            started_at=started,
+        )
+        self._t0 = time.monotonic()
+        self.env: dict[str, str] = {"VK_DRILL_ID": self.summary.drill_id}
+        self.databases: dict[str, postgres.Target] = {}
+        self.manifests: dict[str, dict[str, Any]] = {}
+        self.workdir: Path | None = None
+
+    # ------------------------------------------------------------------ orchestration
+
+    def run(self) -> DrillSummary:
+        steps: list[tuple[str, Callable[[ExitStack], dict[str, Any]]]] = [
+            ("select_snapshot", self._select),
+            ("provision_postgres", self._provision),
+            ("hooks_before_restore", lambda s: self._hooks(self.target.hooks.before_restore)),
+            ("restore_postgres", self._restore),
+            ("fingerprints", self._fingerprints),
+            ("audit_chain", self._audit),
+            ("ledgers", self._ledgers),
+            ("outbox_replay", self._outbox_replay),
+            ("reconciliation", self._reconcile),
+            ("hooks_after_restore", lambda s: self._hooks(self.target.hooks.after_restore)),
+            ("probes", self._probes),
+        ]
+        with _sigterm_as_interrupt(), ExitStack() as stack:
+            try:
+                base = Path(tempfile.mkdtemp(prefix="vk-drill-", dir=self.target.workdir))
+                base.chmod(0o711)  # a scratch cluster inside runs as another user
+                self.workdir = base
+                if not self.keep:
+                    stack.callback(_rmtree, base)
+                failed = False
+                for name, fn in steps:
+                    if failed:
+                        self.summary.steps.append(
+                            StepResult(name, "skipped", reason="an earlier step failed")
+                        )
+                        continue
+                    result = self._step(name, fn, stack)
+                    failed = result.status == "fail"
+                if not failed:
+                    self.summary.rto_seconds = time.monotonic() - self._t0
+                self._objectives()
+            except KeyboardInterrupt:
+                self.summary.steps.append(
+                    StepResult("interrupted", "fail", reason="interrupted (Ctrl-C / SIGTERM)")
+                )
+                self.summary.rto_seconds = None
+                self._finish()
+                raise Interrupted("drill interrupted; everything it created was removed") from None
+        self._finish()
+        return self.summary
+
+    def _finish(self) -> None:
+        self.summary.finished_at = datetime.now(UTC)
+        self.summary.elapsed_seconds = time.monotonic() - self._t0
+
+    def _step(
+        self, name: str, fn: Callable[[ExitStack], dict[str, Any]], stack: ExitStack
+    ) -> StepResult:
+        self.log(f"{name} ...")
+        t = time.monotonic()
+        try:
+            evidence = fn(stack)
+            result = StepResult(name, "pass", evidence=evidence or {})
+            if evidence.get("skipped"):
+                result.status = "skipped"
+                result.reason = str(evidence["skipped"])
+        except StepFailed as exc:
+            result = StepResult(name, "fail", evidence=exc.evidence, reason=exc.reason)
+        except VaultkeeperError as exc:
+            result = StepResult(name, "fail", reason=exc.message, evidence={"error": exc.code})
+        result.seconds = time.monotonic() - t
+        self.summary.steps.append(result)
+        self.log(f"{name}: {result.status}" + (f" ({result.reason})" if result.reason else ""))
+        return result
+
+    def _count(self, key: str, value: int) -> None:
+        self.summary.mismatch_counts[key] = value
+
+    # ------------------------------------------------------------------ steps
+
+    def _store(self) -> tuple[str, Any, Any]:
+        return self.ctx.store(self.target.store)
+
+    def _select(self, stack: ExitStack) -> dict[str, Any]:
+        """Newest snapshot per source whose signature, locks and parts check out."""
+        name, cfg, store = self._store()
+        verifier = Verifier(store, self.ctx.trusted, self.ctx.keyring, cfg.lock, sample_percent=0)
+        wanted: list[tuple[str, str]] = []
+        if self.target.postgres:
+            wanted += [("postgres", s) for s in self.target.postgres.sources]
+        if self.target.ledgers:
+            wanted.append(("ledger", self.target.ledgers.source))
+        if not wanted:
+            raise StepFailed(f"target {self.target_name} restores nothing (no postgres or ledgers)")
+        entries = catalog.entries(store, self.ctx.trusted)
+        evidence: dict[str, Any] = {"store": name, "rejected": []}
+        for kind, source in wanted:
+            chosen = None
+            for entry in reversed(entries):
+                body = entry.manifest.body if entry.manifest else {}
+                if (body.get("source") or {}).get("name") != source or body.get("kind") != kind:
+                    continue
+                if self.snapshot != "latest" and entry.snapshot_id != self.snapshot:
+                    continue
+                report = verifier.snapshot(entry.snapshot_id)
+                if report.ok:
+                    chosen = entry
+                    break
+                evidence["rejected"].append(
+                    {
+                        "snapshot_id": entry.snapshot_id,
+                        "findings": [f.kind for f in report.findings],
+                    }
+                )
+            if chosen is None or chosen.manifest is None:
+                which = "newest" if self.snapshot == "latest" else self.snapshot
+                raise StepFailed(
+                    f"no verified {kind} snapshot ({which}) of source {source} in store {name}",
+                    **evidence,
+                )
+            self.manifests[source] = chosen.manifest.body
+            self.summary.snapshots.setdefault(kind, {})[source] = chosen.snapshot_id
+        evidence["snapshots"] = self.summary.snapshots
+        ages = [
+            (self.summary.started_at - parse_time(b["created_at"])).total_seconds()
+            for b in self.manifests.values()
+        ]
+        self.summary.rpo_seconds = max(ages)
+        evidence["rpo_seconds"] = round(max(ages), 3)
+        return evidence
+
+    def _provision(self, stack: ExitStack) -> dict[str, Any]:
+        pg = self.target.postgres
+        if pg is None:
+            return {"skipped": "no postgres in this target"}
+        if pg.provision == "scratch":
+            assert self.workdir is not None
+            cluster = stack.enter_context(scratch_cluster(parent=self.workdir, keep=self.keep))
+            for source in pg.sources:
+                dsn = cluster.create_database(f"drill_{source}")
+                self.databases[source] = postgres.Target.parse(dsn)
+            admin = f"scratch cluster on port {cluster.port}"
+        else:
+            assert pg.dsn is not None
+            if not pg.allow_overwrite:
+                raise Refused(
+                    f"targets.{self.target_name}.postgres: provision is dsn but allow_overwrite is "
+                    "false; the drill would drop and recreate drill_* databases there"
+                )
+            password = pg.password.read("postgres.password") if pg.password else None
+            server = postgres.Target.parse(pg.dsn, password)
+            with server.connect() as conn:
+                for source in pg.sources:
+                    db = f"drill_{source}"
+                    conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+                    conn.execute(f'CREATE DATABASE "{db}"')
+                    self.databases[source] = postgres.Target.parse(
+                        _with_dbname(server.dsn, db), password
+                    )
+            admin = server.dsn
+        for source, target in self.databases.items():
+            self.env[f"VK_DRILL_DSN_{_env_name(source)}"] = target.dsn
+        return {"server": admin, "databases": {s: t.dsn for s, t in self.databases.items()}}
+
+    def _hooks(self, commands: list[list[str]]) -> dict[str, Any]:
+        if not commands:
+            return {"skipped": "no hooks configured"}
+        ran = []
+        for argv in commands:
+            done = run(argv, env=self.env, timeout=self.target.hooks.timeout_seconds, check=False)
+            ran.append({"argv": argv, "exit": done.returncode})
+            if done.returncode != 0:
+                raise StepFailed(
+                    f"hook {argv[0]} exited {done.returncode}: {done.stderr.strip()[-300:]}",
+                    hooks=ran,
+                )
+        return {"hooks": ran}
+
+    def _restore(self, stack: ExitStack) -> dict[str, Any]:
+        pg = self.target.postgres
+        if pg is None:
+            return {"skipped": "no postgres in this target"}
+        _, _, store = self._store()
+        out = {}
+        for source, target in self.databases.items():
+            body = self.manifests[source]
+            artifact = ArtifactRecord.from_json(
+                next(a for a in body["artifacts"] if a["name"] == postgres.ARTIFACT)
+            )
+            sid = body["snapshot_id"]
+            key = DataKey(self.ctx.keyring.unwrap(body["encryption"]["data_key"], sid), sid)
+            t = time.monotonic()
+            postgres.restore(
+                target,
+                artifact,
+                store=store,
+                data_key=key,
+                force=False,
+                no_owner=True,
+                jobs=pg.jobs,
+                workdir=self.workdir,
+            )
+            out[source] = {
+                "snapshot_id": sid,
+                "bytes": artifact.size,
+                "seconds": round(time.monotonic() - t, 3),
+                "jobs": pg.jobs,
+            }
+        return {"restored": out}
+
+    def _fingerprints(self, stack: ExitStack) -> dict[str, Any]:
+        if not self.databases:
+            return {"skipped": "no postgres in this target"}
+        evidence: dict[str, Any] = {}
+        total = 0
+        migrations_bad = 0
+        for source, target in self.databases.items():
+            pg = self.manifests[source].get("postgres", {})
+            mode = pg.get("fingerprint_mode", "full")
+            mismatches: list[dict[str, Any]] = []
+            if mode != "off":
+                actual = postgres.current_fingerprints(target, mode, pg.get("excluded_tables", []))
+                mismatches = postgres.compare(pg.get("tables", []), actual, strict=True)
+            expected_head = (pg.get("schema_migrations") or {}).get("head")
+            actual_head = None
+            if pg.get("schema_migrations"):
+                with target.connect() as conn:
+                    head = postgres.migrations_head(conn, pg["schema_migrations"]["table"])
+                actual_head = head["head"] if head else None
+            if expected_head != actual_head:
+                migrations_bad += 1
+            total += len(mismatches)
+            evidence[source] = {
+                "tables_checked": len(pg.get("tables", [])),
+                "mismatch_count": len(mismatches),
+                "mismatches": mismatches[:20],
+                "schema_migrations": {"expected": expected_head, "actual": actual_head},
+            }
+        self._count("fingerprints", total)
+        self._count("schema_migrations", migrations_bad)
+        if total or migrations_bad:
+            raise StepFailed(
+                f"{total} table fingerprint mismatch(es), {migrations_bad} schema_migrations "
+                "head mismatch(es)",
+                **evidence,
+            )
+        return evidence
+
+    def _audit(self, stack: ExitStack) -> dict[str, Any]:
+        check = self.target.audit
+        if check is None:
+            return {"skipped": "no audit log configured"}
+        from vaultkeeper import audit
+
+        target = self.databases.get(check.source)
+        if target is None:
+            raise ConfigError(
+                f"targets.{self.target_name}.audit.source {check.source} is not restored by "
+                "this target's postgres.sources"
+            )
+        anchored = self.manifests[check.source].get("postgres", {}).get("audit_head")
+        anchors = [audit.ChainPoint(anchored["seq"], anchored["row_hash"])] if anchored else []
+        report = audit.verify(target.conninfo(), schema=check.schema_name, anchors=anchors)
+        doc = report.to_json()
+        self._count("audit", len(doc.get("findings", [])))
+        if not report.ok:
+            raise StepFailed(
+                f"audit chain does not verify: {', '.join(sorted(set(report.kinds())))}",
+                **{k: doc[k] for k in ("rows", "head", "findings") if k in doc},
+            )
+        return {**{k: doc[k] for k in ("rows", "head") if k in doc}, "anchor": anchored}
+
+    def _ledgers(self, stack: ExitStack) -> dict[str, Any]:
+        led = self.target.ledgers
+        if led is None:
+            return {"skipped": "no ledgers configured"}
+        from vaultkeeper.sources import ledger
+
+        assert self.workdir is not None
+        into = led.restore_to or (self.workdir / "ledgers")
+        _, _, store = self._store()
+        result = ledger.restore_snapshot(self.ctx, self.manifests[led.source], into, store=store)
+        doc = result.to_json()
+        bad = sum(1 for c in doc["chains"] if not c["reached_anchor"] or c["verdict"] == "INVALID")
+        self._count("ledger_chains", bad)
+        self.env["VK_DRILL_LEDGER_DIR"] = str(into)
+        if bad:
+            raise StepFailed(
+                f"{bad} ledger chain(s) INVALID or short of their anchored head", **doc
+            )
+        return doc
+
+    def _outbox_cfg(self) -> tuple[Any, postgres.Target] | None:
+        if self.target.outbox is None:
+            return None
+        from vaultkeeper.restore.outbox import OutboxConfig
+
+        raw = dict(self.target.outbox)
+        source = raw.pop("source", None)
+        if source not in self.databases:
+            raise ConfigError(
+                f"targets.{self.target_name}.outbox.source must name a restored postgres source"
+            )
+        try:
+            cfg = OutboxConfig.model_validate(raw)
+        except Exception as exc:  # pydantic ValidationError, reported with the config path
+            raise ConfigError(f"targets.{self.target_name}.outbox: {exc}") from None
+        return cfg, self.databases[source]
+
+    def _outbox_replay(self, stack: ExitStack) -> dict[str, Any]:
+        found = self._outbox_cfg()
+        if found is None:
+            return {"skipped": "no outbox configured"}
+        from vaultkeeper.restore.outbox import replay
+        from vaultkeeper.restore.sinks import open_sink
+
+        cfg, target = found
+        sink = open_sink(cfg.sink, restored_dsn=target.dsn, restored_password=target.password)
+        stack.callback(sink.close)
+        self._sink = sink
+        with target.connect() as conn:
+            result = replay(conn, cfg, sink)
+        doc = result.to_json()
+        self._count("dead_letters", int(doc["dead_letters"]))
+        if doc["dead_letters"]:
+            raise StepFailed(f"{doc['dead_letters']} outbox entries dead-lettered", **doc)
+        return doc
+
+    def _reconcile(self, stack: ExitStack) -> dict[str, Any]:
+        found = self._outbox_cfg()
+        if found is None:
+            return {"skipped": "no outbox configured"}
+        from vaultkeeper.restore.outbox import reconcile
+
+        cfg, target = found
+        with target.connect() as conn:
+            result = reconcile(conn, cfg, self._sink, repair=True)
+        doc = result.to_json()
+        self._count("drift", int(doc["drift_after"]))
+        if doc["drift_after"]:
+            raise StepFailed(f"sink still drifts from the source by {doc['drift_after']}", **doc)
+        return doc
+
+    def _probes(self, stack: ExitStack) -> dict[str, Any]:
+        if not self.target.probes:
+            return {"skipped": "no probes configured"}
+        results = [self._probe(p) for p in self.target.probes]
+        failed = [r for r in results if not r["ok"]]
+        self._count("probes_failed", len(failed))
+        if failed:
+            raise StepFailed(
+                "probe(s) failed: " + "; ".join(f"{r['name']}: {r['detail']}" for r in failed),
+                probes=results,
+            )
+        return {"probes": results}
+
+    def _probe(self, probe: Probe) -> dict[str, Any]:
+        t = time.monotonic()
+        ok, detail = False, ""
+        try:
+            if probe.type == "sql":
+                assert probe.source is not None and probe.query is not None
+                target = self.databases.get(probe.source)
+                if target is None:
+                    raise StepFailed(f"source {probe.source} is not restored by this drill")
+                with target.connect() as conn:
+                    conn.execute(f"SET statement_timeout = {int(probe.timeout_seconds * 1000)}")
+                    row = conn.execute(probe.query).fetchone()
+                got = None if row is None else (None if row[0] is None else str(row[0]))
+                ok = probe.expect is None or got == probe.expect
+                detail = f"got {got!r}" + ("" if ok else f", expected {probe.expect!r}")
+            elif probe.type == "http":
+                assert probe.url is not None
+                ok, detail = _http_probe(
+                    probe.url, probe.expect_status, probe.contains, probe.timeout_seconds
+                )
+            else:
+                assert probe.argv is not None
+                done = run(probe.argv, env=self.env, timeout=probe.timeout_seconds, check=False)
+                ok = done.returncode == probe.expect_exit
+                detail = f"exit {done.returncode}" + (
+                    "" if ok else f", expected {probe.expect_exit}: {done.stderr.strip()[-200:]}"
+                )
+        except StepFailed as exc:
+            detail = exc.reason
+        except (VaultkeeperError, psycopg.Error) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return {
+            "name": probe.name,
+            "type": probe.type,
+            "ok": ok,
+            "detail": detail,
+            "seconds": round(time.monotonic() - t, 3),
+        }
+
+    def _objectives(self) -> None:
+        objective = self.target.objectives
+        if objective is None:
+            sources = list(self.manifests) or (
+                list(self.target.postgres.sources) if self.target.postgres else []
+            )
+            rtos = [o.rto for s in sources if (o := self.ctx.config.objectives.get(s)) and o.rto]
+            rpos = [o.rpo for s in sources if (o := self.ctx.config.objectives.get(s)) and o.rpo]
+            rto = min(rtos).total_seconds() if rtos else None
+            rpo = min(rpos).total_seconds() if rpos else None
+        else:
+            rto = objective.rto.total_seconds() if objective.rto else None
+            rpo = objective.rpo.total_seconds() if objective.rpo else None
+        s = self.summary
+        rto_met = None if rto is None or s.rto_seconds is None else s.rto_seconds <= rto
+        rpo_met = None if rpo is None or s.rpo_seconds is None else s.rpo_seconds <= rpo
+        s.objectives = {
+            "rto_seconds": rto,
+            "rpo_seconds": rpo,
+            "rto_met": rto_met,
+            "rpo_met": rpo_met,
+        }
+        if s.rto_seconds is None:
+            return
+        problems = []
+        if rto_met is False:
+            problems.append(f"RTO {s.rto_seconds:.1f}s exceeds the objective {rto:.0f}s")
+        if rpo_met is False:
+            problems.append(f"RPO {s.rpo_seconds:.0f}s exceeds the objective {rpo:.0f}s")
+        s.steps.append(
+            StepResult(
+                "objectives",
+                "fail" if problems else "pass",
+                evidence=dict(s.objectives),
+                reason="; ".join(problems) or None,
+            )
+        )
+
+
+def _http_probe(url: str, status: int, contains: str | None, timeout: float) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            code, body = resp.status, resp.read(1 << 20).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        code, body = exc.code, ""
+    except (urllib.error.URLError, OSError) as exc:
+        return False, f"unreachable: {getattr(exc, 'reason', exc)}"
+    if code != status:
+        return False, f"HTTP {code}, expected {status}"
+    if contains is not None and contains not in body:
+        return False, f"HTTP {code} but the body lacks {contains!r}"
+    return True, f"HTTP {code}"
+
+
+def _env_name(source: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in source).upper()
+
+
+def _with_dbname(dsn: str, dbname: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(dsn)
+    params["dbname"] = dbname
+    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- records
+
+
+def append_history(state_dir: Path, summary: DrillSummary) -> Path:
+    """Append the summary as one JSON line to the drill history (fsynced)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "drill-history.jsonl"
+    line = json.dumps(summary.to_json(), sort_keys=True, separators=(",", ":")) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def write_metrics(state_dir: Path, summary: DrillSummary) -> Path:
+    from vaultkeeper.ops.metrics import DrillVerdict, JobRun, write_job_metrics
+
+    directory = state_dir / "metrics"
+    directory.mkdir(parents=True, exist_ok=True)
+    verdict: DrillVerdict = "PASS" if summary.verdict == "PASS" else "FAIL"
+    return write_job_metrics(
+        directory,
+        JobRun(
+            job=f"drill-{summary.target}",
+            started=summary.started_at,
+            finished=summary.finished_at or summary.started_at,
+            success=verdict == "PASS",
+            drill_verdict=verdict,
+            drill_rto_seconds=summary.rto_seconds,
+        ),
+    )
+
+
+def run_drill(
+    ctx: Context,
+    target: str,
+    *,
+    snapshot: str = "latest",
+    keep: bool = False,
+    log: Callable[[str], None] = lambda _m: None,
+) -> DrillSummary:
+    """Run the drill, then record it in the history and the Prometheus textfile."""
+    drill = Drill(ctx, target, snapshot=snapshot, keep=keep, log=log)
+    try:
+        summary = drill.run()
+    except Interrupted:
+        _record(ctx, drill.summary)
+        raise
+    _record(ctx, summary)
+    return summary
+
+
+def _record(ctx: Context, summary: DrillSummary) -> None:
+    state = ctx.config.state_dir
+    append_history(state, summary)
+    write_metrics(state, summary)
+
+
+__all__ = ["Drill", "DrillSummary", "NotFound", "StepResult", "run_drill"]
