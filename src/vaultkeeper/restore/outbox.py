@@ -57,6 +57,7 @@ from vaultkeeper.restore.sinks import (
 __all__ = [
     "Backoff",
     "DeadLetter",
+    "DecisionsTable",
     "HttpSinkConfig",
     "JsonlSinkConfig",
     "OutboxColumns",
@@ -65,7 +66,6 @@ __all__ = [
     "PostgresSinkConfig",
     "QdrantSinkConfig",
     "ReconcileResult",
-    "DecisionsTable",
     "ReplayResult",
     "Sink",
     "SinkConfig",
