@@ -52,17 +52,11 @@ const server = new PGLiteSocketServer({
   debug: args.debug,
 })
 await server.start()
-const [, port] = server.getServerConn().split(/:(?=[0-9]+$)/)
-const { ts, pg } = versions.rows[0]
-process.stdout.write(
-  `READY host=${args.host} port=${port} timescaledb=${ts} postgres=${pg} ` +
-    `startup_ms=${Date.now() - started}\n`,
-)
-
 let stopping = false
 async function stop(code) {
   if (stopping) return
   stopping = true
+  setTimeout(() => process.exit(code), 3000).unref() // a query may still be running
   try {
     await server.stop()
     await db.close()
@@ -75,3 +69,11 @@ process.on('SIGINT', () => stop(0))
 process.stdin.on('end', () => stop(0))
 process.stdin.on('error', () => stop(0))
 process.stdin.resume()
+
+const [, port] = server.getServerConn().split(/:(?=[0-9]+$)/)
+const { ts, pg } = versions.rows[0]
+process.stdout.write(
+  `READY host=${args.host} port=${port} timescaledb=${ts} postgres=${pg} ` +
+    `startup_ms=${Date.now() - started}\n`,
+)
+
