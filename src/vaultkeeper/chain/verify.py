@@ -42,7 +42,7 @@ from vaultkeeper.chain.scan import CleanChunk, chunk_ranges, read_range, scan_ra
 from vaultkeeper.errors import LedgerInvalid, LedgerPartial, NotFound, UsageError
 
 SCHEMA_VERSION = 1
-REPORT_TYPE = "vaultkeeper.ledger_verify"
+REPORT_TYPE = "vaultkeeper.ledger.verify"
 #: below this many bytes per chain, worker processes cost more than they save
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -489,13 +489,12 @@ class _Checker:
                     f"seq {s} is present but declared lost by the LOG_DROP at {d.file}:{d.line}",
                 )
                 return
-        same = self.known.get(s) == p.hash
         self.add(
             FindingKind.DUPLICATE,
             file,
             line,
             s,
-            f"seq {s} appears again" + (" (an identical copy)" if same else ""),
+            f"seq {s} appears again (this copy has hash {_short(p.hash)})",
         )
 
     def _broken(self, p: ParsedLine, file: str, line: int, expected: str, pred: int) -> None:
@@ -543,7 +542,7 @@ class _Checker:
         order = {f: i for i, f in enumerate(files)}
         findings = sorted(
             self.findings,
-            key=lambda f: (order.get(f.file or "", len(order)), f.line or 0, f.seq or 0),
+            key=lambda f: (order.get(f.file or "", len(order)), f.line or 0),
         )
         return findings, self.omitted
 
