@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from vaultkeeper import dsn as dsn_mod
+from vaultkeeper.archive.digest import DIGEST_ALGORITHM, chunk_fingerprint
 from vaultkeeper.crypto import DataKey
 from vaultkeeper.errors import (
     DatabaseError,
@@ -35,7 +36,7 @@ from vaultkeeper.store.base import ObjectStore
 
 ARTIFACT = "pg_dump"
 FORMAT = "pg_dump-custom"
-FINGERPRINT_METHOD = "count+sum64(md5(row::text))"
+FINGERPRINT_METHOD = DIGEST_ALGORITHM
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 
 
@@ -161,29 +162,22 @@ def user_tables(conn: psycopg.Connection[Any], exclude: list[str] = ()) -> list[
     return [(s, t) for s, t in rows if f"{s}.{t}" not in skip and t not in skip]
 
 
-def fingerprint_query(schema: str, table: str, mode: str) -> sql.Composed:
-    """Row count and an order-independent digest: the sum of each row's md5 (first 64 bits).
-
-    Summing instead of sorting keeps it streaming on the server; it depends only on the rows'
-    text form, so the same rows restored anywhere with the same column types give the same value.
-    """
-    rel = sql.SQL("ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-    if mode == "counts":
-        return sql.SQL("SELECT count(*), NULL::text FROM {} t").format(rel)
-    return sql.SQL(
-        "SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 16))::bit(64)::bigint"
-        "::numeric), 0)::text FROM {} t"
-    ).format(rel)
-
-
 def fingerprints(
     conn: psycopg.Connection[Any], tables: list[tuple[str, str]], mode: str
 ) -> list[dict[str, Any]]:
+    """Row count (and, for mode full, the order-independent digest of
+    :mod:`vaultkeeper.archive.digest`, with the session settings that shape text forms pinned,
+    so source and restored copy agree whatever their TimeZone or DateStyle)."""
     out = []
     for schema, table in tables:
-        row = conn.execute(fingerprint_query(schema, table, mode)).fetchone()
-        assert row is not None
-        out.append({"schema": schema, "table": table, "rows": int(row[0]), "digest": row[1]})
+        rel = sql.Identifier(schema, table)
+        if mode == "counts":
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel)).fetchone()
+            assert row is not None
+            rows, digest = int(row[0]), None
+        else:
+            rows, digest = chunk_fingerprint(conn, rel.as_string(conn))
+        out.append({"schema": schema, "table": table, "rows": rows, "digest": digest})
     return out
 
 
