@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultkeeper.chain.format import Record, canonical_json, record_hash
-from vaultkeeper.chain.writer import ChainWriter, FsyncPolicy
+from vaultkeeper.chain.writer import ChainSealer, ChainWriter, FsyncPolicy
 from vaultkeeper.cli.main import main
 
 VAULTKEEPER = Path(sys.executable).parent / "vaultkeeper"
@@ -120,3 +120,15 @@ def unchanged(directory: Path) -> Iterator[None]:
     before = snapshot()
     yield
     assert snapshot() == before
+
+
+def write_chain_with_drop(directory: Path) -> None:
+    """seq 0..4, then 5..7 lost and declared, then 9..11 -- written by the sealer itself."""
+    sealer = ChainSealer(clock=fixed_clock())
+    out = [sealer.seal("e", {"i": i}) for i in range(5)]
+    for _ in range(3):
+        sealer.reserve()
+    out.append(sealer.seal_drop(5, 7, "buffer_full"))
+    out += [sealer.seal("e", {"i": i}) for i in range(3)]
+    directory.mkdir(parents=True)
+    (directory / "events.000001.jsonl").write_bytes(b"".join(r.line for r in out))

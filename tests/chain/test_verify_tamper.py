@@ -10,7 +10,16 @@ import pytest
 from vaultkeeper.chain.format import GENESIS_PREV, Record, drop_payload, seal
 from vaultkeeper.chain.verify import ChainReport, Verdict, verify_paths
 
-from .helpers import cli, edit, locate, read_lines, segments, write_chain, write_lines
+from .helpers import (
+    cli,
+    edit,
+    locate,
+    read_lines,
+    segments,
+    write_chain,
+    write_chain_with_drop,
+    write_lines,
+)
 
 
 @pytest.fixture
@@ -199,8 +208,13 @@ def test_anchor_reached_with_the_anchored_hash_is_authoritative(
 ) -> None:
     directory, records = chain
     code, out, _ = cli(
-        "ledger", "verify", str(directory),
-        "--anchor", f"orders={records[-1].head}", "--anchor", f"orders={records[10].head}",
+        "ledger",
+        "verify",
+        str(directory),
+        "--anchor",
+        f"orders={records[-1].head}",
+        "--anchor",
+        f"orders={records[10].head}",
     )
     assert code == 0, out
     assert out.startswith("AUTHORITATIVE  orders  head=29:")
@@ -299,24 +313,8 @@ def test_every_damage_in_one_chain_is_reported_in_file_order(
     ]
 
 
-def _sealed_chain_with_drop(directory: Path) -> None:
-    """seq 0..4, then 5..7 lost and declared, then 9..11 -- written by the sealer itself."""
-    from vaultkeeper.chain.writer import ChainSealer
-
-    from .helpers import fixed_clock
-
-    sealer = ChainSealer(clock=fixed_clock())
-    out = [sealer.seal("e", {"i": i}) for i in range(5)]
-    for _ in range(3):
-        sealer.reserve()
-    out.append(sealer.seal_drop(5, 7, "buffer_full"))
-    out += [sealer.seal("e", {"i": i}) for i in range(3)]
-    directory.mkdir(parents=True)
-    (directory / "events.000001.jsonl").write_bytes(b"".join(r.line for r in out))
-
-
 def test_log_drop_is_partial_with_the_exact_range_never_authoritative(tmp_path: Path) -> None:
-    _sealed_chain_with_drop(tmp_path / "l")
+    write_chain_with_drop(tmp_path / "l")
     report = only_chain(tmp_path / "l")
     assert report.verdict is Verdict.PARTIAL_AUTHORITATIVE_EVIDENCE
     assert report.findings == ()
@@ -383,5 +381,8 @@ def test_log_drop_declaring_the_wrong_range_is_bad_drop(tmp_path: Path) -> None:
     (directory / "c.000001.jsonl").write_bytes(a.line + drop.line)
 
     report = only_chain(directory)
-    assert findings(report) == [("bad_drop", "c.000001.jsonl", 2, 4), ("gap", "c.000001.jsonl", 2, 1)]
+    assert findings(report) == [
+        ("bad_drop", "c.000001.jsonl", 2, 4),
+        ("gap", "c.000001.jsonl", 2, 1),
+    ]
     assert report.verdict is Verdict.INVALID
