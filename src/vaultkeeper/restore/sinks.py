@@ -347,12 +347,18 @@ class PostgresSink:
 
     def keys(self) -> set[str]:
         q = sql.SQL("SELECT {k}::text FROM {t}").format(k=self._key, t=self._table)
-        with self._conn.cursor() as cur:
-            return {row[0] for row in cur.execute(q)}
+        try:
+            with self._conn.cursor() as cur:
+                return {row[0] for row in cur.execute(q)}
+        except psycopg.Error as exc:
+            raise SinkError(f"{self.name}: cannot list keys: {exc}") from None
 
     def remove(self, keys: Iterable[str]) -> None:
         q = sql.SQL("DELETE FROM {t} WHERE {k} = ANY(%s)").format(t=self._table, k=self._key)
-        self._conn.execute(q, (list(keys),))
+        try:
+            self._conn.execute(q, (list(keys),))
+        except psycopg.Error as exc:
+            raise SinkError(f"{self.name}: delete failed: {exc}") from None
 
     def close(self) -> None:
         self._conn.close()
@@ -674,13 +680,16 @@ class QdrantSink:
         found: set[str] = set()
         offset: Any = None
         while True:
-            records, offset = self._client.scroll(
-                self.cfg.collection,
-                limit=256,
-                offset=offset,
-                with_payload=[self.cfg.key_field],
-                with_vectors=False,
-            )
+            try:
+                records, offset = self._client.scroll(
+                    self.cfg.collection,
+                    limit=256,
+                    offset=offset,
+                    with_payload=[self.cfg.key_field],
+                    with_vectors=False,
+                )
+            except Exception as exc:
+                raise SinkError(f"{self.name}: cannot list keys: {_short(exc)}") from None
             for rec in records:
                 key = (rec.payload or {}).get(self.cfg.key_field)
                 found.add(str(key) if key is not None else f"{_FOREIGN_PREFIX}{rec.id}")
