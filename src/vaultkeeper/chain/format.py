@@ -102,42 +102,63 @@ def canonical_json(value: Any) -> bytes:
     ``\\u`` escapes except for control characters. Floats, non-string keys, integers beyond
     2**53 - 1 and unpaired surrogates are refused with :class:`FormatError`.
     """
-    _check_value(value, "$")
+    problem = _problem(value)
+    if problem is not None:
+        raise FormatError(problem)
     try:
         return json.dumps(
             value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         ).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise FormatError(f"string is not valid Unicode (unpaired surrogate): {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"not serialisable as JSON: {exc}") from exc
 
 
-def _check_value(value: Any, where: str) -> None:
-    if value is None or isinstance(value, bool | str):
-        return
-    if isinstance(value, int):
-        if abs(value) > MAX_SAFE_INT:
-            raise FormatError(f"{where}: integer {value} is outside ±(2**53 - 1)")
-        return
-    if isinstance(value, float):
-        raise FormatError(f"{where}: floats are not allowed (use a string or integer)")
-    if isinstance(value, Mapping):
+def _problem(value: Any) -> str | None:
+    """Why ``value`` cannot be canonical JSON (path first), or None. Exact types are checked
+    first because this runs on every record written."""
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return None
+    if t is int:
+        return None if -MAX_SAFE_INT <= value <= MAX_SAFE_INT else _int_problem(value)
+    if t is dict:
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise FormatError(f"{where}: object key {key!r} is not a string")
-            _check_value(item, f"{where}.{key}")
-        return
-    if isinstance(value, list | tuple):
+            if type(key) is not str:
+                return f"$: object key {key!r} is not a string"
+            problem = _problem(item)
+            if problem is not None:
+                return "$." + key + problem[1:]
+        return None
+    if t is list or t is tuple:
         for i, item in enumerate(value):
-            _check_value(item, f"{where}[{i}]")
-        return
-    raise FormatError(f"{where}: {type(value).__name__} is not a JSON value")
+            problem = _problem(item)
+            if problem is not None:
+                return f"$[{i}]" + problem[1:]
+        return None
+    if isinstance(value, bool | str):
+        return None
+    if isinstance(value, int):
+        return None if -MAX_SAFE_INT <= value <= MAX_SAFE_INT else _int_problem(value)
+    if isinstance(value, float):
+        return "$: floats are not allowed (use a string or integer)"
+    if isinstance(value, Mapping):
+        return _problem(dict(value))
+    if isinstance(value, list | tuple):
+        return _problem(list(value))
+    return f"$: {type(value).__name__} is not a JSON value"
+
+
+def _int_problem(value: int) -> str:
+    return f"$: integer {value} is outside ±(2**53 - 1)"
 
 
 def format_ts(moment: datetime) -> str:
     """``ts`` text for ``moment`` (converted to UTC; naive datetimes are taken as UTC)."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime(TS_FORMAT)
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def record_hash(prev: str, body: bytes) -> str:
@@ -157,6 +178,8 @@ def seal(seq: int, ts: str, type_: str, payload: Mapping[str, Any], prev: str) -
         raise FormatError(f"prev {prev!r} is not 64 lowercase hex digits")
     if not isinstance(payload, Mapping):
         raise FormatError("payload must be a JSON object")
+    if type(payload) is not dict:
+        payload = dict(payload)
     body = canonical_json({"payload": payload, "prev": prev, "seq": seq, "ts": ts, "type": type_})
     digest = record_hash(prev, body)
     line = HEAD + digest.encode("ascii") + b'",' + body[1:] + b"\n"
@@ -325,4 +348,5 @@ def parse_segment_name(name: str) -> tuple[str, int] | None:
 
 
 def now_ts() -> str:
-    return format_ts(datetime.now(UTC))
+    """The current time as ``ts`` text."""
+    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
