@@ -386,3 +386,28 @@ def test_log_drop_declaring_the_wrong_range_is_bad_drop(tmp_path: Path) -> None:
         ("gap", "c.000001.jsonl", 2, 1),
     ]
     assert report.verdict is Verdict.INVALID
+
+
+def test_swapping_the_first_two_records_is_a_reorder(chain: tuple[Path, list[Record]]) -> None:
+    directory, _ = chain
+    first = segments(directory)[0]
+    lines = read_lines(first)
+    lines[0], lines[1] = lines[1], lines[0]
+    write_lines(first, lines)
+
+    assert findings(only_chain(directory)) == [("reorder", first.name, 2, 0)]
+
+
+def test_loss_before_the_first_record_is_declared_from_zero(tmp_path: Path) -> None:
+    from vaultkeeper.chain.writer import ChainSealer
+
+    sealer = ChainSealer()
+    for _ in range(3):
+        sealer.reserve()
+    records = [sealer.seal_drop(0, 2, "buffer_full"), sealer.seal("e", {})]
+    assert records[0].prev == GENESIS_PREV
+    (tmp_path / "c.000001.jsonl").write_bytes(b"".join(r.line for r in records))
+
+    report = only_chain(tmp_path)
+    assert report.verdict is Verdict.PARTIAL_AUTHORITATIVE_EVIDENCE
+    assert [(d.first, d.last) for d in report.dropped] == [(0, 2)]

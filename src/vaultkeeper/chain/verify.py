@@ -20,11 +20,13 @@ made. Both paths accept exactly the same clean chains.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
 
@@ -689,7 +691,7 @@ def verify_paths(
         workers = min(os.cpu_count() or 1, 4) if total >= PARALLEL_MIN_BYTES else 1
     executor: Executor | None = None
     if workers > 1:
-        executor = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        executor = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
     try:
         reports = [
             verify_chain(
@@ -709,6 +711,14 @@ def verify_paths(
         if name not in ids:
             reports.append(_missing_chain(name, heads))
     return VerifyResult(tuple(reports))
+
+
+def _pool_context() -> BaseContext:
+    """fork when this process has no other thread (workers start instantly and import nothing);
+    spawn otherwise, since forking a threaded process can deadlock the child."""
+    if threading.active_count() == 1 and "fork" in get_all_start_methods():
+        return get_context("fork")
+    return get_context("spawn")
 
 
 def _missing_chain(name: str, heads: Sequence[Head]) -> ChainReport:
