@@ -71,10 +71,15 @@ def entries(store: ObjectStore, trusted: dict[str, Ed25519PublicKey]) -> list[En
 
 
 def latest_valid(
-    store: ObjectStore, trusted: dict[str, Ed25519PublicKey], source: str | None = None
+    store: ObjectStore,
+    trusted: dict[str, Ed25519PublicKey],
+    source: str | None = None,
+    kind: str | None = None,
 ) -> Entry:
     for entry in reversed(entries(store, trusted)):
         if not entry.valid or entry.manifest is None:
+            continue
+        if kind is not None and entry.manifest.body.get("kind") != kind:
             continue
         if source is None or entry.manifest.body.get("source", {}).get("name") == source:
             return entry

@@ -124,8 +124,16 @@ class PostgresSource(_Model):
 
 class LedgerSource(_Model):
     type: Literal["ledger"]
+    #: directories of hash-chained ledgers; every chain is verified before each backup
     paths: list[Path] = Field(min_length=1)
+    #: extra state directories snapshotted with them (e.g. memory/)
     state_dirs: list[Path] = Field(default_factory=list)
+    #: password of the restic repository (file or env; never on a command line)
+    restic_password: SecretRef
+    #: restic repository (default: <store>/restic on the job's store)
+    restic_repository: str | None = None
+    #: verify: share of restic pack data read by `restic check --read-data-subset`
+    read_data_percent: float = Field(default=10.0, gt=0, le=100)
 
 
 Source = Annotated[PostgresSource | LedgerSource, Field(discriminator="type")]
@@ -370,17 +378,18 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
     try:
         cfg = Config.model_validate({**doc, "path": path})
     except ValidationError as exc:
-        raise ConfigError(_format_errors(path, exc), path=str(path)) from None
+        raise ConfigError(format_errors(path, exc), path=str(path)) from None
     return cfg
 
 
-def _format_errors(path: Path, exc: ValidationError) -> str:
+def format_errors(path: Path, exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem: file, dotted key, message; never the offending value itself."""
     lines = []
-    for err in exc.errors():
+    for err in exc.errors(include_input=False):
         parts = list(err["loc"])
         if len(parts) > 2 and parts[0] == "sources" and parts[2] in ("postgres", "ledger"):
             del parts[2]  # the discriminator tag pydantic inserts
-        loc = ".".join(str(x) for x in parts)
+        loc = ".".join(str(x) for x in ([prefix] if prefix else []) + parts)
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -53,6 +53,7 @@ FINDING_KINDS: dict[str, str] = {
     "key_wrong": "the configured master keys do not unwrap the snapshot's data key",
     "artifact_checksum_mismatch": "the reassembled artifact's size or blake3 differs",
     "unexpected_object": "an object under the snapshot's prefix is not listed in the manifest",
+    "ledger_check_failed": "restic check failed, or a restored chain misses its anchored head",
 }
 
 
@@ -139,6 +140,8 @@ class Verifier:
     sample_percent: float = 100.0
     parallel: int = 4
     rng: random.Random = field(default_factory=random.Random)
+    #: checks a ledger snapshot's restic data and anchors; returns problems (None: skip)
+    ledger_check: Callable[[dict[str, Any]], list[str]] | None = None
 
     def snapshot(self, snapshot_id: str) -> SnapshotReport:
         report = SnapshotReport(snapshot_id, sample_percent=self.sample_percent)
@@ -186,6 +189,10 @@ class Verifier:
         if data_key is not None and self.sample_percent > 0:
             for art in artifacts:
                 self._check_data(report, art, data_key)
+        wants_ledger = body.get("kind") == "ledger" and self.sample_percent > 0
+        if wants_ledger and self.ledger_check is not None and signed.valid:
+            for problem in self.ledger_check(body):
+                report.add("ledger_check_failed", problem, manifest_key(snapshot_id))
         return report
 
     # -- structure -------------------------------------------------------------------------

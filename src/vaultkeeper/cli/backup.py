@@ -6,6 +6,7 @@ import click
 
 from vaultkeeper.backup import backup_postgres
 from vaultkeeper.cli.common import context, emit_json, human_bytes, json_option
+from vaultkeeper.sources.ledger import backup_ledger
 
 
 @click.group()
@@ -28,4 +29,24 @@ def postgres(ctx: click.Context, job: str, as_json: bool) -> int:
             f"{human_bytes(result.bytes)} dumped, {human_bytes(result.stored_bytes)} stored in "
             f"{result.parts} parts, {result.tables} tables fingerprinted, {result.seconds:.1f}s"
         )
+    return 0
+
+
+@backup.command("ledger")
+@click.option("--job", required=True, help="A backup-ledger job from the config.")
+@json_option
+@click.pass_context
+def ledger_(ctx: click.Context, job: str, as_json: bool) -> int:
+    """Verify every ledger chain, restic-backup the directories, commit a signed manifest."""
+    result = backup_ledger(context(ctx), job)
+    if as_json:
+        emit_json(result.to_json())
+        return 0
+    click.echo(
+        f"snapshot {result.snapshot_id} committed (restic {result.restic_snapshot[:8]}), "
+        f"{len(result.chains)} chains anchored, {result.seconds:.1f}s"
+    )
+    for c in result.chains:
+        head = c["head"]["seq"] if c["head"] else "-"
+        click.echo(f"  {c['directory']}/{c['chain']}: {c['verdict']} head {head}")
     return 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from vaultkeeper.cli.common import context, emit_json, human_bytes, json_option, store_option
-from vaultkeeper.errors import VerifyFailed
-from vaultkeeper.restore.postgres import restore_postgres
+from vaultkeeper.errors import Refused, VerifyFailed
+from vaultkeeper.restore.postgres import resolve_snapshot, restore_postgres
+from vaultkeeper.sources.ledger import restore_snapshot
 
 
 @click.group()
@@ -58,5 +61,39 @@ def postgres(
             click.echo(
                 f"  schema_migrations head {result.migrations_actual} != "
                 f"{result.migrations_expected}"
+            )
+    return 0 if result.ok else VerifyFailed.exit_code
+
+
+@restore.command("ledger")
+@click.argument("snapshot_id")
+@click.option(
+    "--into",
+    "into",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to restore into (paths are recreated below it).",
+)
+@store_option
+@json_option
+@click.pass_context
+def ledger_(
+    ctx: click.Context, snapshot_id: str, into: Path, store_name: str | None, as_json: bool
+) -> int:
+    """Restore a ledger snapshot and re-verify every chain up to its anchored head."""
+    c = context(ctx)
+    entry = resolve_snapshot(c, snapshot_id, store_name, kind="ledger")
+    assert entry.manifest is not None
+    if into.exists() and any(into.iterdir()):
+        raise Refused(f"{into} is not empty; restore ledgers into an empty directory")
+    result = restore_snapshot(c, entry.manifest.body, into)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo(f"restored {result.snapshot_id} into {result.into} in {result.seconds:.1f}s")
+        for ch in result.chains:
+            click.echo(
+                f"  {ch['directory']}/{ch['chain']}: {ch['verdict']}, anchor "
+                f"{'reached' if ch['reached_anchor'] else 'NOT REACHED'}"
             )
     return 0 if result.ok else VerifyFailed.exit_code

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from pydantic import ValidationError
 
 from vaultkeeper import __version__, catalog
-from vaultkeeper.config import DrillTarget, Probe
+from vaultkeeper.config import DrillTarget, Probe, format_errors
 from vaultkeeper.context import Context
 from vaultkeeper.crypto import DataKey
 from vaultkeeper.errors import ConfigError, Interrupted, NotFound, Refused, VaultkeeperError
@@ -456,8 +457,12 @@ class Drill:
             )
         try:
             cfg = OutboxConfig.model_validate(raw)
-        except Exception as exc:  # pydantic ValidationError, reported with the config path
-            raise ConfigError(f"targets.{self.target_name}.outbox: {exc}") from None
+        except ValidationError as exc:
+            raise ConfigError(
+                format_errors(
+                    self.ctx.config.path, exc, prefix=f"targets.{self.target_name}.outbox"
+                )
+            ) from None
         return cfg, self.databases[source]
 
     def _outbox_replay(self, stack: ExitStack) -> dict[str, Any]:

@@ -49,10 +49,13 @@ class RestoreResult:
         }
 
 
-def resolve_snapshot(ctx: Context, snapshot: str, store_name: str | None) -> catalog.Entry:
+def resolve_snapshot(
+    ctx: Context, snapshot: str, store_name: str | None, kind: str = "postgres"
+) -> catalog.Entry:
+    """The named snapshot (or the newest valid one of ``kind``), refusing an untrusted one."""
     _, _, store = ctx.store(store_name)
     if snapshot == "latest":
-        return catalog.latest_valid(store, ctx.trusted)
+        return catalog.latest_valid(store, ctx.trusted, kind=kind)
     entry = catalog.load(store, snapshot, ctx.trusted)
     if not entry.valid:
         raise IntegrityError(
