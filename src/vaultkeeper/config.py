@@ -250,6 +250,21 @@ class DrillTarget(_Model):
     workdir: Path | None = None
 
 
+class AuditLogConfig(_Model):
+    """Where vaultkeeper writes its own destructive acts (expire, purge, restore --force)."""
+
+    dsn: str
+    password: SecretRef | None = None
+    schema_name: str = Field(default="vaultkeeper_audit", alias="schema")
+    #: recorded as the actor of vaultkeeper's own entries
+    actor: str = "vaultkeeper"
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_inline_password(cls, v: str) -> str:
+        return PostgresSource._no_inline_password(v)
+
+
 class Config(_Model):
     version: Literal[1] = 1
     state_dir: Path = Path("/var/lib/vaultkeeper")
@@ -259,6 +274,7 @@ class Config(_Model):
     jobs: dict[str, JobConfig] = Field(default_factory=dict)
     objectives: dict[str, Objective] = Field(default_factory=dict)
     targets: dict[str, DrillTarget] = Field(default_factory=dict)
+    audit_log: AuditLogConfig | None = None
     #: where this config was loaded from (not part of the file)
     path: Path = Field(default=Path("<memory>"), exclude=True)
 

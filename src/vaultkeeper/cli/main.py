@@ -35,7 +35,18 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 def _register() -> None:
-    from vaultkeeper.cli import audit, backup, drill, keys, ledger, restore, snapshots, verify
+    from vaultkeeper.cli import (
+        archive,
+        audit,
+        backup,
+        drill,
+        keys,
+        ledger,
+        ops,
+        restore,
+        snapshots,
+        verify,
+    )
 
     for command in (
         keys.keys,
@@ -46,6 +57,8 @@ def _register() -> None:
         drill.drill,
         ledger.ledger,
         audit.audit,
+        archive.archive,
+        *ops.COMMANDS,
     ):
         cli.add_command(command)
 
