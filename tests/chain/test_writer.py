@@ -180,3 +180,24 @@ def test_resumed_receiver_still_recognises_retransmissions(tmp_path: Path) -> No
     with ChainWriter(tmp_path, "orders") as writer:
         assert writer.append_sealed([a.line, b.line]).retransmitted == 2
     assert verify_paths([tmp_path]).verdict is Verdict.AUTHORITATIVE
+
+
+def test_a_failed_write_stops_the_writer_until_it_is_reopened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = ChainWriter(tmp_path, "orders", fsync=FsyncPolicy.never())
+    writer.append("x", {"i": 0})
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space"):
+        writer.append("x", {"i": 1})
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="failed"):
+        writer.append("x", {"i": 2})
+    writer.close()
+    with ChainWriter(tmp_path, "orders") as again:
+        assert again.append("x", {"i": 1}).seq == 1
+    assert verify_paths([tmp_path]).verdict is Verdict.AUTHORITATIVE

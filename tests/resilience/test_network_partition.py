@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from vaultkeeper.chain.format import FormatError
-from vaultkeeper.chain.transport import HttpTransport, ShippingWriter
+from vaultkeeper.chain.transport import HttpTransport, ShippingWriter, TransportUnavailable
 from vaultkeeper.chain.verify import Verdict, verify_paths
 from vaultkeeper.chain.writer import ChainWriter, FsyncPolicy
 
@@ -177,3 +177,34 @@ def test_endpoint_errors_are_retried_not_lost(tmp_path: Path, status: int) -> No
     assert stats.send_failures >= 3
     [chain] = verify_paths([ledger]).chains
     assert chain.verdict is Verdict.AUTHORITATIVE and chain.records == 10
+
+
+def test_a_redirect_is_a_failed_delivery_not_a_success(tmp_path: Path) -> None:
+    """Following a redirect could turn the POST into a GET that "succeeds" storing nothing."""
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        transport = HttpTransport(
+            f"http://127.0.0.1:{server.server_address[1]}/ledger/x", timeout=2, trust_env=False
+        )
+        with pytest.raises(TransportUnavailable, match="302"):
+            transport.send([b"{}\n"])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

@@ -50,6 +50,14 @@ class Transport(Protocol):
     def send(self, lines: Sequence[bytes]) -> None: ...
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is a failure: following it could turn the POST into a GET and "succeed"
+    without the receiver storing anything."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class HttpTransport:
     """POSTs each batch as ``application/x-ndjson``; any 2xx answer means stored."""
 
@@ -66,7 +74,9 @@ class HttpTransport:
         self.url = url
         self.timeout = timeout
         self._headers = {"Content-Type": "application/x-ndjson", **(headers or {})}
-        handlers = [] if trust_env else [urllib.request.ProxyHandler({})]
+        handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
+        if not trust_env:
+            handlers.append(urllib.request.ProxyHandler({}))
         self._opener = urllib.request.build_opener(*handlers)
 
     def send(self, lines: Sequence[bytes]) -> None:

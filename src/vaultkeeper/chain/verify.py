@@ -41,7 +41,7 @@ from vaultkeeper.chain.format import (
     parse_segment_name,
 )
 from vaultkeeper.chain.scan import CleanChunk, chunk_ranges, read_range, scan_range
-from vaultkeeper.errors import LedgerInvalid, LedgerPartial, NotFound, UsageError
+from vaultkeeper.errors import LedgerInvalid, LedgerPartial, NotFound, SourceError, UsageError
 
 SCHEMA_VERSION = 1
 REPORT_TYPE = "vaultkeeper.ledger.verify"
@@ -704,6 +704,10 @@ def verify_paths(
             )
             for cid, chain in zip(ids, chains, strict=True)
         ]
+    except OSError as exc:
+        raise SourceError(
+            f"cannot read {exc.filename}: {exc.strerror or exc}", path=str(exc.filename)
+        ) from exc
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)

@@ -173,6 +173,7 @@ class ChainWriter:
         self.max_segment_bytes = max_segment_bytes
         self._lock = threading.Lock()
         self._unsynced = 0
+        self._failed: BaseException | None = None
         self._recent: OrderedDict[int, str] = OrderedDict()
         self._dedupe_window = dedupe_window
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -206,9 +207,13 @@ class ChainWriter:
         with self._lock:
             self._check_open()
             record = self._sealer.seal(type_, payload)
-            self._write(record.line)
+            try:
+                self._write(record.line)
+                self._after_write(1)
+            except BaseException as exc:
+                self._failed = exc
+                raise
             self._remember(record.seq, record.hash)
-            self._after_write(1)
             return record
 
     def append_sealed(self, lines: Iterable[bytes]) -> IngestResult:
@@ -235,24 +240,29 @@ class ChainWriter:
         appended = retransmitted = conflicts = 0
         with self._lock:
             self._check_open()
-            for seq, digest, line in parsed:
-                if seq < self._sealer.next_seq:
-                    if self._recent.get(seq) == digest:
-                        retransmitted += 1
-                        continue
-                    conflicts += 1
-                self._write(line)
-                self._remember(seq, digest)
-                self._sealer.advance_to(Head(seq, digest))
-                appended += 1
-            if appended:
-                self._after_write(appended)
+            try:
+                for seq, digest, line in parsed:
+                    if seq < self._sealer.next_seq:
+                        if self._recent.get(seq) == digest:
+                            retransmitted += 1
+                            continue
+                        conflicts += 1
+                    self._write(line)
+                    self._remember(seq, digest)
+                    self._sealer.advance_to(Head(seq, digest))
+                    appended += 1
+                if appended:
+                    self._after_write(appended)
+            except BaseException as exc:
+                self._failed = exc
+                raise
         return IngestResult(appended, retransmitted, conflicts)
 
     def sync(self) -> None:
         """Force everything written so far to stable storage, whatever the policy."""
         with self._lock:
-            self._check_open()
+            if self._fd < 0:
+                raise ValueError(f"chain writer for {self.chain} is closed")
             os.fsync(self._fd)
             self._unsynced = 0
 
@@ -262,7 +272,7 @@ class ChainWriter:
             if self._fd < 0:
                 return
             try:
-                if self.fsync.every:
+                if self.fsync.every and self._failed is None:
                     os.fsync(self._fd)
             finally:
                 os.close(self._fd)
@@ -285,6 +295,11 @@ class ChainWriter:
     def _check_open(self) -> None:
         if self._fd < 0:
             raise ValueError(f"chain writer for {self.chain} is closed")
+        if self._failed is not None:
+            raise ValueError(
+                f"chain writer for {self.chain} failed ({self._failed!r}); a record may be torn: "
+                "close it and open a new writer (which checks the tail)"
+            ) from self._failed
 
     def _take_lock(self) -> int:
         path = self.directory / f"{self.chain}.lock"
