@@ -120,3 +120,12 @@ def test_anchor_syntax_is_chain_equals_seq_colon_hash() -> None:
     for bad in ("orders=12", "orders:12:" + "a" * 64, "orders=-1:" + "a" * 64, "o=1:ABC"):
         with pytest.raises(UsageError):
             parse_anchor(bad)
+
+
+def test_a_segment_named_twice_is_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "x.000001.jsonl").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    [chain] = discover_chains([tmp_path, "x.000001.jsonl", "./x.000001.jsonl"])
+    assert [p.name for p in chain.segments] == ["x.000001.jsonl"]

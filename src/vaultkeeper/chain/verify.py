@@ -248,11 +248,12 @@ def discover_chains(paths: Sequence[str | os.PathLike[str]]) -> list[ChainFiles]
     A directory contributes every ``<chain>.<NNNNNN>.jsonl`` file below it (recursively),
     grouped by directory and chain name and ordered by the integer index. A file given
     explicitly is a segment of its chain if its name has that form, otherwise a one-segment
-    chain named after the file (minus ``.jsonl``). Nothing else is read.
+    chain named after the file (minus ``.jsonl``). Paths are made absolute, so a file named
+    twice (directly and through its directory) is read once. Nothing else is read.
     """
     groups: dict[tuple[Path, str], dict[Path, int]] = {}
     for raw in paths:
-        path = Path(raw)
+        path = Path(os.path.abspath(raw))
         if path.is_dir():
             for dirpath, dirnames, filenames in os.walk(path):
                 dirnames.sort()
