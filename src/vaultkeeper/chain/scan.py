@@ -12,7 +12,6 @@ This module is what worker processes import, so it stays small.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from blake3 import blake3
@@ -153,7 +152,3 @@ def chunk_ranges(path: str, size: int, chunk_bytes: int) -> list[tuple[int, int]
             ranges.append((start, end))
             start = end
     return ranges
-
-
-def file_size(path: str) -> int:
-    return os.stat(path).st_size
