@@ -1,10 +1,14 @@
 """Shared benchmark helpers: a realistic database, timed child processes, tables, results files.
 
 Measurements are of real programs run as child processes. Wall time is taken around the whole
-child (start to reap); peak RSS comes from ``os.wait4``'s rusage, which on Linux is the largest
-resident set of the child *or any descendant it waited for* (a max, not a sum). Every measure
-is repeated and reported as the median; nothing is warmed up or discarded except where a
-benchmark says so.
+child (start to reap); peak RSS and CPU time come from ``os.wait4``'s rusage: on Linux the peak
+RSS is the largest resident set of the child *or any descendant it waited for* (a max, not a
+sum), CPU time is the sum over them. A PostgreSQL server's share of the work (the backends
+serving a client) is read from the postmaster's reaped-children CPU time, see
+:func:`postmaster_cpu`. Every measure is repeated and reported as the median.
+
+On a shared or small machine, wall times move with whatever else runs; CPU seconds barely do.
+Results therefore carry the load average and the CPU steal seen during the run.
 """
 
 from __future__ import annotations
@@ -39,11 +43,13 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Run:
-    """One execution of a child process."""
+    """One execution of a child process (CPU: user + system, the child and its descendants)."""
 
     seconds: float
     max_rss_kib: int
     stdout: bytes = b""
+    cpu_seconds: float = 0.0
+    server_cpu_seconds: float = 0.0
 
     @property
     def max_rss_mib(self) -> float:
@@ -74,7 +80,7 @@ if pid == 0:
 _, status, ru = os.wait4(pid, 0)
 t = time.perf_counter() - t
 with open(out, "w") as fh:
-    fh.write(f"{t!r} {ru.ru_maxrss}\\n")
+    fh.write(f"{t!r} {ru.ru_maxrss} {ru.ru_utime + ru.ru_stime!r}\\n")
 sys.exit(os.waitstatus_to_exitcode(status) & 255)
 """
 
@@ -105,8 +111,97 @@ def run_measured(
             err.seek(0)
             tail = err.read().decode(errors="replace")[-2000:]
             raise BenchError(f"{' '.join(argv)} exited with {proc.returncode}: {tail}")
-        seconds, rss = stats.read().split()
-    return Run(seconds=float(seconds), max_rss_kib=int(rss), stdout=out or b"")
+        seconds, rss, cpu = stats.read().split()
+    return Run(
+        seconds=float(seconds), max_rss_kib=int(rss), stdout=out or b"", cpu_seconds=float(cpu)
+    )
+
+
+def postmaster_cpu(data_dir: Path) -> Callable[[], float]:
+    """CPU seconds used so far by a PostgreSQL server's postmaster and its *exited* children.
+
+    Backends (and parallel workers) are children of the postmaster; once one exits and is
+    reaped, its CPU time moves into the postmaster's cutime/cstime. Reading this before and
+    after a client ran (see :func:`settle`) gives the server-side CPU that client caused.
+    """
+    pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+
+    return read
+
+
+def settle(data_dir: Path, timeout: float = 5.0) -> bool:
+    """Wait until the postmaster has only its auxiliary processes left; False on timeout.
+
+    Backends exit shortly after their client; their CPU time is only counted once reaped.
+    """
+    pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            kids = children.read_text().split()
+        except OSError:  # no /proc children list here: give backends a moment
+            time.sleep(0.3)
+            return True
+        busy = False
+        for kid in kids:
+            try:
+                cmdline = Path(f"/proc/{kid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            busy = busy or not any(a in cmdline for a in _AUXILIARY)
+        if not busy:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+_AUXILIARY = (
+    b"checkpointer",
+    b"background writer",
+    b"walwriter",
+    b"autovacuum launcher",
+    b"logical replication launcher",
+    b"stats collector",
+    b"archiver",
+    b"walsender",
+)
+
+
+class CpuSteal:
+    """Load average and CPU steal/other-busy seconds over a stretch of the benchmark."""
+
+    def __init__(self) -> None:
+        self.load_start = os.getloadavg()
+        self._start = _proc_stat()
+        self._wall = time.perf_counter()
+
+    def to_json(self) -> dict[str, Any]:
+        end = _proc_stat()
+        tick = os.sysconf("SC_CLK_TCK")
+        wall = time.perf_counter() - self._wall
+        delta = [b - a for a, b in zip(self._start, end, strict=True)]
+        steal = delta[7] / tick if len(delta) > 7 else 0.0
+        return {
+            "load_average_start": [round(x, 2) for x in self.load_start],
+            "load_average_end": [round(x, 2) for x in os.getloadavg()],
+            "wall_seconds": round(wall, 1),
+            "cpu_steal_seconds": round(steal, 1),
+            "cpu_steal_percent": round(100 * steal / (wall * (os.cpu_count() or 1)), 1),
+        }
+
+
+def _proc_stat() -> list[int]:
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except OSError:
+        return [0] * 10
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -132,13 +227,21 @@ class Measure:
     def peak_rss_mib(self) -> float:
         return max(r.max_rss_mib for r in self.runs)
 
+    @property
+    def cpu_seconds(self) -> float:
+        """Median of client + server CPU seconds."""
+        return statistics.median(r.cpu_seconds + r.server_cpu_seconds for r in self.runs)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "median_seconds": round(self.seconds, 4),
+            "median_cpu_seconds": round(self.cpu_seconds, 3),
             "runs_seconds": [round(r.seconds, 4) for r in self.runs],
             "peak_rss_mib": round(self.peak_rss_mib, 1),
             "runs_rss_mib": [round(r.max_rss_mib, 1) for r in self.runs],
+            "runs_cpu_seconds": [round(r.cpu_seconds, 3) for r in self.runs],
+            "runs_server_cpu_seconds": [round(r.server_cpu_seconds, 3) for r in self.runs],
             **self.extra,
         }
 
