@@ -70,6 +70,27 @@ class LockPolicy(_Model):
     retain_days: int = Field(ge=1, le=36500)
 
 
+class RetentionConfig(_Model):
+    """GFS retention of a store's snapshots, applied to each source on its own by ``expire``.
+
+    Counts: 0 = rule off, -1 = unlimited. With no rule set, expire keeps every snapshot.
+    """
+
+    keep_last: int = Field(default=0, ge=-1)
+    keep_hourly: int = Field(default=0, ge=-1)
+    keep_daily: int = Field(default=0, ge=-1)
+    keep_weekly: int = Field(default=0, ge=-1)
+    keep_monthly: int = Field(default=0, ge=-1)
+    keep_yearly: int = Field(default=0, ge=-1)
+    #: keep everything created within this long of the source's newest snapshot (e.g. 7d)
+    keep_within: timedelta | None = None
+
+    @field_validator("keep_within", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return v if v is None or isinstance(v, timedelta) else parse_duration(v)
+
+
 class StoreConfig(_Model):
     url: str
     lock: LockPolicy
@@ -78,6 +99,8 @@ class StoreConfig(_Model):
     access_key_id: SecretRef | None = None
     secret_access_key: SecretRef | None = None
     multipart_threshold_mib: int = Field(default=64, ge=5)
+    #: what `vaultkeeper expire` keeps on this store (default: everything)
+    retention: RetentionConfig | None = None
 
     @field_validator("url")
     @classmethod
@@ -154,6 +177,18 @@ class JobConfig(_Model):
     compression_level: int = Field(default=3, ge=1, le=19)
     #: verify jobs: share of parts to decrypt and hash
     sample_percent: float = Field(default=100.0, gt=0, le=100)
+    #: copy jobs: the store receiving copies of the snapshots on ``store``
+    to_store: str | None = None
+    #: drill jobs: the drill target to run
+    target: str | None = None
+    #: scheduled runs: systemd RandomizedDelaySec, and the time limit (systemd and cron)
+    randomized_delay: timedelta = timedelta(minutes=5)
+    timeout: timedelta = timedelta(hours=6)
+
+    @field_validator("randomized_delay", "timeout", mode="before")
+    @classmethod
+    def _durations(cls, v: Any) -> Any:
+        return v if isinstance(v, timedelta) else parse_duration(v)
 
 
 class Objective(_Model):
@@ -285,6 +320,10 @@ class Config(_Model):
                 raise ValueError(f"jobs.{name}.source: no source named {job.source!r}")
             if job.store is not None and job.store not in self.stores:
                 raise ValueError(f"jobs.{name}.store: no store named {job.store!r}")
+            if job.to_store is not None and job.to_store not in self.stores:
+                raise ValueError(f"jobs.{name}.to_store: no store named {job.to_store!r}")
+            if job.target is not None and job.target not in self.targets:
+                raise ValueError(f"jobs.{name}.target: no drill target named {job.target!r}")
         for name, target in self.targets.items():
             if target.store is not None and target.store not in self.stores:
                 raise ValueError(f"targets.{name}.store: no store named {target.store!r}")
