@@ -333,6 +333,8 @@ class Config(_Model):
             for src in named:
                 if src not in self.sources:
                     raise ValueError(f"targets.{name}: no source named {src!r}")
+            if target.outbox is not None:
+                _check_outbox(name, target)
         return self
 
     def target(self, name: str) -> DrillTarget:
@@ -366,6 +368,24 @@ class Config(_Model):
         except KeyError:
             known = ", ".join(sorted(self.sources)) or "none"
             raise ConfigError(f"{self.path}: no source named {name!r} (sources: {known})") from None
+
+
+def _check_outbox(name: str, target: DrillTarget) -> None:
+    """Validate a drill target's outbox section at load time (its models live with the replayer)."""
+    from vaultkeeper.restore.outbox import OutboxConfig
+
+    raw = dict(target.outbox or {})
+    source = raw.pop("source", None)
+    if source is None or target.postgres is None or source not in target.postgres.sources:
+        raise ValueError(f"targets.{name}.outbox.source must name one of postgres.sources")
+    try:
+        OutboxConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"targets.{name}.outbox.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_input=False)
+        )
+        raise ValueError(problems) from None
 
 
 def _resolve_paths(node: Any, base: Path, key: str = "") -> Any:

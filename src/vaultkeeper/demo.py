@@ -57,6 +57,59 @@ def fill_sample_data(dsn: str, events: int = 20_000, pgbench_scale: int = 1) -> 
         )
 
 
+def build_app_stack(dsn: str, ledger_dir: Path, *, decisions: int = 300, pending: int = 40) -> None:
+    """A small but complete application next to the sample rows: an audit log with entries, a
+    ``decisions`` table (the current decisions), an outbox whose newest ``pending`` entries were
+    never delivered, and two hash-chained ledgers. Used by the demo, the drill tests, the
+    runbook test and the drill benchmark."""
+    from vaultkeeper import audit
+    from vaultkeeper.chain import ChainWriter, FsyncPolicy
+    from vaultkeeper.restore.outbox import OutboxConfig, create_outbox_table
+
+    fill_sample_data(dsn)
+    audit.install(dsn)
+    outbox = OutboxConfig.model_validate(
+        {"decisions": {"table": "public.decisions"}, "sink": {"type": "jsonl", "path": "/dev/null"}}
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE decisions (id bigint PRIMARY KEY, subject text NOT NULL,"
+            " verdict text NOT NULL, score integer NOT NULL,"
+            " decided_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(
+            "INSERT INTO decisions (id, subject, verdict, score)"
+            " SELECT g, 'subject-' || g, (ARRAY['approve','deny','escalate'])[1 + g %% 3], g %% 97"
+            " FROM generate_series(1, %s) g",
+            (decisions,),
+        )
+        create_outbox_table(conn, outbox)
+        conn.execute(
+            "INSERT INTO outbox (entity_id, payload, status, attempts)"
+            " SELECT id::text, to_jsonb(d), CASE WHEN id > %s THEN 'pending' ELSE 'delivered' END,"
+            " CASE WHEN id > %s THEN 0 ELSE 1 END FROM decisions d ORDER BY id",
+            (decisions - pending, decisions - pending),
+        )
+        with conn.transaction():
+            for i, op in enumerate(("create", "update", "grant", "complete")):
+                audit.record(
+                    conn,
+                    actor=f"user-{i}",
+                    operation=op,
+                    target_type="decision",
+                    target_id=str(i + 1),
+                    after={"step": i},
+                    reason="demo stack",
+                )
+    ledger_dir.mkdir(parents=True, exist_ok=True)
+    with ChainWriter(ledger_dir, "decisions", fsync=FsyncPolicy.never()) as writer:
+        for i in range(1, decisions + 1):
+            writer.append("decision.made", {"id": i, "verdict": ("approve", "deny")[i % 2]})
+    with ChainWriter(ledger_dir, "access", fsync=FsyncPolicy.never()) as writer:
+        for i in range(50):
+            writer.append("access.granted", {"user": f"user-{i % 7}", "resource": f"r-{i}"})
+
+
 DEMO_CONFIG = """\
 # Written by `make demo`: a scratch cluster, a local WORM store and fresh keys under .demo/.
 version: 1

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from drill_helpers import leftovers, staging_target
 
 from vaultkeeper.catalog import load
 from vaultkeeper.context import Context
 from vaultkeeper.crypto import DataKey
 from vaultkeeper.pipeline import ArtifactRecord, read_artifact
 from vaultkeeper.snapshot import SnapshotWriter
-
-from .conftest import leftovers, staging_target
 
 SCHEMA = json.loads(
     (

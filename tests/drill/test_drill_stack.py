@@ -1,0 +1,205 @@
+"""The whole stack: Postgres data, audit log, ledgers and an outbox with pending rows.
+
+PASS means the sink ends up holding exactly the current decisions; each broken layer makes the
+drill FAIL at its own step, and nothing the drill created is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import jsonschema
+import psycopg
+import pytest
+from drill_helpers import leftovers
+
+from vaultkeeper.demo import build_app_stack
+from vkenv import Env, base_config, run_cli
+
+SCHEMA = json.loads(
+    (
+        Path(__file__).resolve().parents[2] / "src/vaultkeeper/schemas/drill-summary.schema.json"
+    ).read_text()
+)
+DECISIONS, PENDING = 300, 40
+
+
+@pytest.fixture
+def stack(tmp_path: Path, pg_factory) -> Iterator[Env]:
+    dsn = pg_factory("vkt_stack")
+    ledgers = tmp_path / "ledgers"
+    build_app_stack(dsn, ledgers, decisions=DECISIONS, pending=PENDING)
+    keys = tmp_path / "keys"
+    run_cli(["keys", "generate", "--dir", str(keys)])
+    store = tmp_path / "store"
+    store.mkdir()
+    (tmp_path / "restic.pw").write_text("restic-secret\n")
+    work = Path(tempfile.mkdtemp(prefix="vkt-drills-", dir="/var/tmp"))
+    work.chmod(0o755)
+    cfg = base_config(tmp_path, dsn, f"file://{store}")
+    cfg["sources"]["ledgers"] = {
+        "type": "ledger",
+        "paths": [str(ledgers)],
+        "restic_password": {"file": str(tmp_path / "restic.pw")},
+    }
+    cfg["jobs"]["ledgers-hourly"] = {
+        "kind": "backup-ledger",
+        "source": "ledgers",
+        "store": "primary",
+    }
+    cfg["targets"] = {
+        "staging": {
+            "postgres": {"provision": "scratch", "sources": ["appdb"]},
+            "audit": {"source": "appdb"},
+            "ledgers": {"source": "ledgers"},
+            "outbox": {
+                "source": "appdb",
+                "table": "public.outbox",
+                "backoff": {"base_seconds": 0.01, "max_seconds": 0.05},
+                "decisions": {"table": "public.decisions", "key": "id"},
+                "sink": {
+                    "type": "qdrant",
+                    "path": str(tmp_path / "qdrant"),
+                    "collection": "decisions",
+                    "vector_size": 8,
+                },
+            },
+            "probes": [
+                {
+                    "name": "decisions",
+                    "type": "sql",
+                    "source": "appdb",
+                    "query": "SELECT count(*) FROM decisions",
+                    "expect": str(DECISIONS),
+                }
+            ],
+            "workdir": str(work),
+        }
+    }
+    env = Env(tmp_path, tmp_path / "continuity.yml", store, keys, dsn, pg_factory)
+    env.write_config(cfg)
+    env.work = work  # type: ignore[attr-defined]
+    env.ledgers = ledgers  # type: ignore[attr-defined]
+    yield env
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _backup_all(env: Env) -> None:
+    env.cli_json("backup", "postgres", "--job", "appdb-nightly")
+    env.cli_json("backup", "ledger", "--job", "ledgers-hourly")
+
+
+def _drill(env: Env, expect: int) -> dict:
+    out = env.root / "summary.json"
+    env.cli("drill", "restore", "--target", "staging", "--json-out", str(out), expect=expect)
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, SCHEMA)
+    assert leftovers(env.work) == []  # type: ignore[attr-defined]
+    return doc
+
+
+def _sink_keys(env: Env) -> set[str]:
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(path=str(env.root / "qdrant"))
+    try:
+        points, _ = client.scroll("decisions", limit=10_000, with_payload=True)
+        return {str(p.payload["vk_entity_key"]) for p in points if p.payload}
+    finally:
+        client.close()
+
+
+def test_drill_passes_on_the_full_stack_and_the_sink_holds_exactly_the_decisions(stack) -> None:
+    _backup_all(stack)
+    doc = _drill(stack, 0)
+    assert doc["verdict"] == "PASS", doc["reason"]
+    assert set(doc["snapshots"]) == {"postgres", "ledger"}
+    steps = {s["name"]: s for s in doc["steps"]}
+    skipped = {"hooks_before_restore", "hooks_after_restore"}  # none configured
+    assert {n: s["status"] for n, s in steps.items()} == {
+        n: "skipped" if n in skipped else "pass" for n in steps
+    }
+    assert steps["audit_chain"]["evidence"]["rows"] == 4
+    assert steps["audit_chain"]["evidence"]["anchor"]["seq"] == 4
+    assert {c["chain"]: c["head"]["seq"] for c in steps["ledgers"]["evidence"]["chains"]} == {
+        "decisions": DECISIONS - 1,
+        "access": 49,
+    }
+    replay = steps["outbox_replay"]["evidence"]
+    assert replay["delivered"] == PENDING and replay["dead_letters"] == 0
+    rec = steps["reconciliation"]["evidence"]
+    assert rec["drift_after"] == 0 and rec["repaired"]["missing"] == DECISIONS - PENDING
+    assert doc["mismatch_counts"] == {
+        "fingerprints": 0,
+        "schema_migrations": 0,
+        "audit": 0,
+        "ledger_chains": 0,
+        "dead_letters": 0,
+        "drift": 0,
+        "probes_failed": 0,
+    }
+    assert _sink_keys(stack) == {str(i) for i in range(1, DECISIONS + 1)}
+
+
+def test_drill_fails_at_ledgers_when_a_chain_was_broken(stack) -> None:
+    seg = sorted(stack.ledgers.glob("decisions.*.jsonl"))[0]  # type: ignore[attr-defined]
+    lines = seg.read_text().splitlines(keepends=True)
+    assert '"id":11' in lines[10]
+    lines[10] = lines[10].replace('"id":11', '"id":12')  # the lie: hash no longer matches
+    seg.write_text("".join(lines))
+    _backup_all(stack)
+    doc = _drill(stack, 14)
+    assert doc["failed_step"] == "ledgers"
+    assert doc["mismatch_counts"]["ledger_chains"] == 1
+    chains = next(s for s in doc["steps"] if s["name"] == "ledgers")["evidence"]["chains"]
+    bad = [c for c in chains if c["verdict"] == "INVALID"]
+    assert [c["chain"] for c in bad] == ["decisions"]
+
+
+def test_drill_fails_at_audit_when_a_superuser_edited_an_audit_row(stack) -> None:
+    with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE vaultkeeper_audit.audit_log DISABLE TRIGGER ALL")
+        conn.execute("UPDATE vaultkeeper_audit.audit_log SET actor = 'nobody' WHERE seq = 2")
+        conn.execute("ALTER TABLE vaultkeeper_audit.audit_log ENABLE TRIGGER ALL")
+    _backup_all(stack)
+    doc = _drill(stack, 14)
+    assert doc["failed_step"] == "audit_chain"
+    assert "hash_mismatch" in doc["reason"]
+
+
+class _Always500(BaseHTTPRequestHandler):
+    def do_PUT(self) -> None:
+        self.send_response(500)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_drill_fails_at_outbox_replay_when_the_sink_dead_letters(stack) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Always500)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        cfg = stack.config()
+        cfg["targets"]["staging"]["outbox"]["max_attempts"] = 2
+        cfg["targets"]["staging"]["outbox"]["sink"] = {
+            "type": "http",
+            "url": f"http://127.0.0.1:{server.server_port}/decisions",
+            "timeout_seconds": 2,
+        }
+        stack.write_config(cfg)
+        _backup_all(stack)
+        doc = _drill(stack, 14)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert doc["failed_step"] == "outbox_replay"
+    assert doc["mismatch_counts"]["dead_letters"] == PENDING
+    assert f"{PENDING} outbox entries dead-lettered" == doc["reason"]
