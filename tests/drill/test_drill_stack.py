@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,10 +16,9 @@ from pathlib import Path
 import jsonschema
 import psycopg
 import pytest
-from drill_helpers import leftovers
+from drill_helpers import leftovers, stack_env
 
-from vaultkeeper.demo import build_app_stack
-from vkenv import Env, base_config, run_cli
+from vkenv import Env
 
 SCHEMA = json.loads(
     (
@@ -32,62 +30,9 @@ DECISIONS, PENDING = 300, 40
 
 @pytest.fixture
 def stack(tmp_path: Path, pg_factory) -> Iterator[Env]:
-    dsn = pg_factory("vkt_stack")
-    ledgers = tmp_path / "ledgers"
-    build_app_stack(dsn, ledgers, decisions=DECISIONS, pending=PENDING)
-    keys = tmp_path / "keys"
-    run_cli(["keys", "generate", "--dir", str(keys)])
-    store = tmp_path / "store"
-    store.mkdir()
-    (tmp_path / "restic.pw").write_text("restic-secret\n")
-    work = Path(tempfile.mkdtemp(prefix="vkt-drills-", dir="/var/tmp"))
-    work.chmod(0o755)
-    cfg = base_config(tmp_path, dsn, f"file://{store}")
-    cfg["sources"]["ledgers"] = {
-        "type": "ledger",
-        "paths": [str(ledgers)],
-        "restic_password": {"file": str(tmp_path / "restic.pw")},
-    }
-    cfg["jobs"]["ledgers-hourly"] = {
-        "kind": "backup-ledger",
-        "source": "ledgers",
-        "store": "primary",
-    }
-    cfg["targets"] = {
-        "staging": {
-            "postgres": {"provision": "scratch", "sources": ["appdb"]},
-            "audit": {"source": "appdb"},
-            "ledgers": {"source": "ledgers"},
-            "outbox": {
-                "source": "appdb",
-                "table": "public.outbox",
-                "backoff": {"base_seconds": 0.01, "max_seconds": 0.05},
-                "decisions": {"table": "public.decisions", "key": "id"},
-                "sink": {
-                    "type": "qdrant",
-                    "path": str(tmp_path / "qdrant"),
-                    "collection": "decisions",
-                    "vector_size": 8,
-                },
-            },
-            "probes": [
-                {
-                    "name": "decisions",
-                    "type": "sql",
-                    "source": "appdb",
-                    "query": "SELECT count(*) FROM decisions",
-                    "expect": str(DECISIONS),
-                }
-            ],
-            "workdir": str(work),
-        }
-    }
-    env = Env(tmp_path, tmp_path / "continuity.yml", store, keys, dsn, pg_factory)
-    env.write_config(cfg)
-    env.work = work  # type: ignore[attr-defined]
-    env.ledgers = ledgers  # type: ignore[attr-defined]
+    env = stack_env(tmp_path, pg_factory, decisions=DECISIONS, pending=PENDING)
     yield env
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(env.work, ignore_errors=True)  # type: ignore[attr-defined]
 
 
 def _backup_all(env: Env) -> None:

@@ -43,6 +43,7 @@ def _register() -> None:
         keys,
         ledger,
         ops,
+        outbox,
         restore,
         snapshots,
         verify,
@@ -58,6 +59,7 @@ def _register() -> None:
         ledger.ledger,
         audit.audit,
         archive.archive,
+        outbox.outbox,
         *ops.COMMANDS,
     ):
         cli.add_command(command)

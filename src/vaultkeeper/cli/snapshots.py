@@ -73,3 +73,16 @@ def list_(ctx: click.Context, store_name: str | None, as_json: bool) -> int:
         )
     )
     return 0
+
+
+@snapshots.command("latest")
+@click.option("--kind", type=click.Choice(["postgres", "ledger"]), default=None)
+@click.option("--source", default=None, help="Only snapshots of this source.")
+@store_option
+@click.pass_context
+def latest(ctx: click.Context, kind: str | None, source: str | None, store_name: str | None) -> int:
+    """Print the id of the newest snapshot whose manifest verifies (for scripts and runbooks)."""
+    c = context(ctx)
+    _, _, store = c.store(store_name)
+    click.echo(catalog.latest_valid(store, c.trusted, source=source, kind=kind).snapshot_id)
+    return 0
