@@ -160,3 +160,29 @@ def test_locked_restic_repository_is_reported_by_verify(ledger_env) -> None:
     assert finding["kind"] == "ledger_check_failed"
     assert "locked by another restic process" in finding["message"]
     assert "restic unlock" in finding["message"]
+
+
+def test_ledger_verify_takes_its_anchors_from_a_snapshot(ledger_env) -> None:
+    sid = _backup(ledger_env)["snapshot_id"]
+    code, out, _ = ledger_env.cli(
+        "ledger", "verify", str(ledger_env.ledgers), "--anchor-snapshot", sid, "--json"
+    )
+    doc = json.loads(out)
+    assert doc["verdict"] == "AUTHORITATIVE"
+    assert {c["chain"]: c["anchors"][0]["seq"] for c in doc["chains"]} == {
+        "orders": 119,
+        "approvals": 39,
+    }
+    # drop the newest segment of orders: the chain no longer reaches its anchored head
+    sorted(ledger_env.ledgers.glob("orders.*.jsonl"))[-1].unlink()
+    code, out, _ = ledger_env.cli(
+        "ledger",
+        "verify",
+        str(ledger_env.ledgers),
+        "--anchor-snapshot",
+        "latest",
+        "--json",
+        expect=12,
+    )
+    kinds = {f["kind"] for c in json.loads(out)["chains"] for f in c["findings"]}
+    assert "truncation" in kinds

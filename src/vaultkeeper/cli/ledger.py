@@ -17,7 +17,8 @@ from vaultkeeper.chain.verify import (
     parse_anchor,
     verify_paths,
 )
-from vaultkeeper.cli.common import emit_json, json_option
+from vaultkeeper.cli.common import context, emit_json, json_option
+from vaultkeeper.sources.ledger import snapshot_anchors
 
 
 @click.group()
@@ -34,6 +35,13 @@ def ledger() -> None:
     metavar="CHAIN=SEQ:HASH",
     help="A head the chain must reach with this hash (repeatable), e.g. from a backup manifest.",
 )
+@click.option(
+    "--anchor-snapshot",
+    "anchor_snapshot",
+    default=None,
+    metavar="SNAPSHOT_ID",
+    help="Take the anchors from a ledger snapshot's signed manifest ('latest' for the newest).",
+)
 @click.option("--strict", is_flag=True, help="Also require canonical JSON payloads (slower).")
 @click.option(
     "--workers",
@@ -42,9 +50,12 @@ def ledger() -> None:
     help="Scanning processes (default: one per CPU, up to 4, for chains over 32 MiB).",
 )
 @json_option
+@click.pass_context
 def verify(
+    ctx: click.Context,
     paths: tuple[Path, ...],
     anchor_specs: tuple[str, ...],
+    anchor_snapshot: str | None,
     strict: bool,
     workers: int | None,
     as_json: bool,
@@ -55,7 +66,10 @@ def verify(
     segment file. Prints one line per chain (verdict, head, records, declared loss) and every
     finding with its file and line.
     """
-    anchors = group_anchors(parse_anchor(spec) for spec in anchor_specs)
+    pairs = [parse_anchor(spec) for spec in anchor_specs]
+    if anchor_snapshot is not None:
+        pairs += snapshot_anchors(context(ctx), anchor_snapshot)
+    anchors = group_anchors(pairs)
     result = verify_paths(list(paths), anchors=anchors, strict=strict, workers=workers)
     if as_json:
         emit_json(result.to_json())

@@ -387,3 +387,19 @@ def check_snapshot(ctx: Context, body: dict[str, Any], read_data_percent: float)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return problems
+
+
+def snapshot_anchors(ctx: Context, snapshot: str) -> list[tuple[str, Head]]:
+    """(chain name, head) pairs recorded in a ledger snapshot's verified manifest."""
+    from vaultkeeper.restore.postgres import resolve_snapshot
+
+    entry = resolve_snapshot(ctx, snapshot, None, kind="ledger")
+    assert entry.manifest is not None
+    body = entry.manifest.body
+    if body.get("kind") != "ledger":
+        raise SourceError(f"snapshot {entry.snapshot_id} is not a ledger snapshot")
+    return [
+        (str(c["chain"]), Head(int(c["head"]["seq"]), str(c["head"]["hash"])))
+        for c in (body.get("ledger") or {}).get("chains", [])
+        if c.get("head")
+    ]
