@@ -300,6 +300,47 @@ class AuditLogConfig(_Model):
         return PostgresSource._no_inline_password(v)
 
 
+class ArchiveTable(_Model):
+    """The archive lifecycle of one time-partitioned table (hypertable or range partitions).
+
+    Chunks entirely older than ``hot_window`` may be touched; older than ``compress_after``
+    (TimescaleDB only) are compressed; older than ``archive_after`` are exported, verified by
+    read-back and, only when ``purge_enabled``, dropped. See docs/archive.md.
+    """
+
+    #: a postgres source: the database holding the table (and the archive catalog)
+    source: str
+    #: schema-qualified table name
+    table: str
+    hot_window: timedelta
+    compress_after: timedelta | None = None
+    archive_after: timedelta
+    #: drop chunks whose archive is verified; off unless set
+    purge_enabled: bool = False
+    #: store of the archives (default: the job's store, else the first store)
+    store: str | None = None
+    #: Object Lock of archive objects (default: the store's lock policy); purge requires it
+    lock: LockPolicy | None = None
+    chunk_size_mib: int = Field(default=8, ge=1, le=256)
+    parallel_uploads: int = Field(default=4, ge=1, le=64)
+    compression_level: int = Field(default=3, ge=1, le=19)
+
+    @field_validator("hot_window", "compress_after", "archive_after", mode="before")
+    @classmethod
+    def _durations(cls, v: Any) -> Any:
+        return v if v is None or isinstance(v, timedelta) else parse_duration(v)
+
+    @model_validator(mode="after")
+    def _windows(self) -> ArchiveTable:
+        if self.hot_window > self.archive_after:
+            raise ValueError("hot_window must not be longer than archive_after")
+        if self.compress_after is not None and not (
+            self.hot_window <= self.compress_after <= self.archive_after
+        ):
+            raise ValueError("compress_after must lie between hot_window and archive_after")
+        return self
+
+
 class Config(_Model):
     version: Literal[1] = 1
     state_dir: Path = Path("/var/lib/vaultkeeper")
@@ -310,6 +351,8 @@ class Config(_Model):
     objectives: dict[str, Objective] = Field(default_factory=dict)
     targets: dict[str, DrillTarget] = Field(default_factory=dict)
     audit_log: AuditLogConfig | None = None
+    #: archive lifecycle per table (archive plan/run/verify/restore), keyed by a short name
+    archive: dict[str, ArchiveTable] = Field(default_factory=dict)
     #: where this config was loaded from (not part of the file)
     path: Path = Field(default=Path("<memory>"), exclude=True)
 
@@ -335,6 +378,13 @@ class Config(_Model):
                     raise ValueError(f"targets.{name}: no source named {src!r}")
             if target.outbox is not None:
                 _check_outbox(name, target)
+        for name, table in self.archive.items():
+            if not isinstance(self.sources.get(table.source), PostgresSource):
+                raise ValueError(
+                    f"archive.{name}.source: no postgres source named {table.source!r}"
+                )
+            if table.store is not None and table.store not in self.stores:
+                raise ValueError(f"archive.{name}.store: no store named {table.store!r}")
         return self
 
     def target(self, name: str) -> DrillTarget:
