@@ -113,23 +113,31 @@ class _Reader(Protocol):
 
 
 def read_chunks(src: IO[bytes], chunk_size: int) -> Iterator[bytes]:
-    """Fixed-size chunks from a stream (the last one may be short); pipes return short reads."""
+    """Fixed-size chunks from a stream (the last one may be short).
+
+    Each chunk is read straight into its own bytes object: no zero-filled buffer and no copy,
+    since this loop runs on the thread between pg_dump and the workers and holds the GIL while it
+    fills or copies memory. A buffered stream fills a chunk in one call; short reads (pipes, raw
+    streams) are topped up until the chunk is full or the stream ends.
+    """
     while True:
-        buf = bytearray(chunk_size)
-        view = memoryview(buf)
-        filled = 0
-        while filled < chunk_size:
-            n = src.readinto(view[filled:])  # type: ignore[attr-defined]
-            if not n:
-                break
-            filled += n
-        view.release()
-        if filled == 0:
+        chunk = src.read(chunk_size)
+        if not chunk:
             return
-        del buf[filled:]
-        yield bytes(buf)
-        if filled < chunk_size:
-            return
+        if len(chunk) < chunk_size:
+            pieces = [chunk]
+            filled = len(chunk)
+            while filled < chunk_size:
+                more = src.read(chunk_size - filled)
+                if not more:
+                    break
+                pieces.append(more)
+                filled += len(more)
+            chunk = b"".join(pieces) if len(pieces) > 1 else chunk
+            if filled < chunk_size:
+                yield chunk
+                return
+        yield chunk
 
 
 class _Local(threading.local):
