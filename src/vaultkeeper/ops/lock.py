@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,7 +66,7 @@ def job_lock(state_dir: Path, job: str) -> Iterator[LockHolder]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise _locked_error(job, path, _read_holder(fd, job)) from None
+            raise _locked_error(job, path, _wait_for_holder(fd, job)) from None
         me = LockHolder(job=job, pid=os.getpid(), host=socket.gethostname(), since=_now())
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me.to_json(), sort_keys=True) + "\n").encode(), 0)
@@ -77,6 +78,16 @@ def job_lock(state_dir: Path, job: str) -> Iterator[LockHolder]:
                 os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the flock
+
+
+def _wait_for_holder(fd: int, job: str, attempts: int = 20) -> LockHolder | None:
+    """The holder's details; a holder that has just locked gets a moment to write them."""
+    for _ in range(attempts):
+        holder = _read_holder(fd, job)
+        if holder is not None:
+            return holder
+        time.sleep(0.01)
+    return None
 
 
 def _read_holder(fd: int, job: str) -> LockHolder | None:

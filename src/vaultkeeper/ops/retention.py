@@ -18,7 +18,8 @@ Policy semantics follow restic's ``ApplyPolicy``, applied to each source on its 
 
 On top of the policy two guarantees hold for every source, whatever the policy says:
 
-* the newest *verified* snapshot is never removed;
+* the newest *verified* snapshot is never removed (and with ``require_verified``, a source that
+  has no verified snapshot at all keeps every snapshot: nothing is proven restorable yet);
 * a snapshot whose Object Lock has not expired at ``now`` is never removed. When the policy
   alone would remove it, its action is ``expired_but_locked`` so the tool can say why it survived.
 
@@ -45,6 +46,7 @@ Rule = Literal[
     "monthly",
     "yearly",
     "newest_verified",
+    "no_verified",
     "locked",
 ]
 
@@ -207,11 +209,15 @@ def plan(
     snapshots: Iterable[SnapshotRef],
     policy: RetentionPolicy | Mapping[str, RetentionPolicy],
     now: datetime,
+    *,
+    require_verified: bool = False,
 ) -> RetentionPlan:
     """Decide keep/remove/expired_but_locked for every snapshot, grouped by source.
 
     ``policy`` is one policy for every source, or a mapping source -> policy; a source missing
     from the mapping keeps everything (an empty policy), so a typo can never delete history.
+    With ``require_verified`` a source without any verified snapshot keeps all of its snapshots
+    (``expire`` sets it: deleting history nothing has proven restorable is never safe).
     The result does not depend on the order of ``snapshots``. Raises ``ValueError`` for a naive
     datetime or a duplicated snapshot id: those are bugs in the caller, not user errors.
     """
@@ -233,7 +239,7 @@ def plan(
             pol = policy
         else:
             pol = policy.get(source, RetentionPolicy())
-        source_plans.append(_plan_source(source, groups[source], pol, now))
+        source_plans.append(_plan_source(source, groups[source], pol, now, require_verified))
     return RetentionPlan(now=now, sources=tuple(source_plans))
 
 
@@ -278,7 +284,11 @@ _BUCKETS: tuple[tuple[Rule, str, Callable[[datetime], str]], ...] = (
 
 
 def _plan_source(
-    source: str, snaps: list[SnapshotRef], policy: RetentionPolicy, now: datetime
+    source: str,
+    snaps: list[SnapshotRef],
+    policy: RetentionPolicy,
+    now: datetime,
+    require_verified: bool = False,
 ) -> SourcePlan:
     # newest first; id breaks ties so the result never depends on input order
     ordered = sorted(snaps, key=lambda s: (_utc(s.created, ""), s.id), reverse=True)
@@ -295,6 +305,11 @@ def _plan_source(
         reasons[newest_verified.id].append(
             Reason("newest_verified", f"newest verified snapshot of source {source}")
         )
+    elif require_verified:
+        for sn in ordered:
+            reasons[sn.id].append(
+                Reason("no_verified", f"source {source} has no verified snapshot: keep all")
+            )
 
     decisions = []
     for sn in ordered:
@@ -460,6 +475,7 @@ PLAN_JSON_SCHEMA: dict[str, Any] = {
                                                     "monthly",
                                                     "yearly",
                                                     "newest_verified",
+                                                    "no_verified",
                                                     "locked",
                                                 ]
                                             },

@@ -22,14 +22,29 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vaultkeeper.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vaultkeeper.config import Config
 
 UNIT_PREFIX = "vaultkeeper-"
 DEFAULT_STATE_DIR = Path("/var/lib/vaultkeeper")
 
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_CAPABILITY = re.compile(r"^CAP_[A-Z_]{2,32}$")
+#: what a root drill job needs to run its scratch cluster as the postgres user (runuser, chown)
+SCRATCH_CLUSTER_CAPABILITIES = (
+    "CAP_SETUID",
+    "CAP_SETGID",
+    "CAP_CHOWN",
+    "CAP_FOWNER",
+    "CAP_DAC_OVERRIDE",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+)
 
 _Fail = Callable[[str], ConfigError]
 
@@ -71,6 +86,9 @@ class ScheduledJob:
     write_paths: Sequence[Path] = ()
     #: systemd EnvironmentFile= for secrets that must not sit in the unit (e.g. AWS keys)
     environment_file: Path | None = None
+    #: capabilities a root unit keeps besides CAP_DAC_READ_SEARCH (a drill's scratch cluster
+    #: switches to the postgres user: CAP_SETUID, CAP_SETGID, CAP_CHOWN, ...)
+    capabilities: Sequence[str] = ()
 
     @property
     def unit_name(self) -> str:
@@ -96,6 +114,56 @@ def default_executable() -> list[str]:
     if found:
         return [str(Path(found).absolute())]
     return [str(Path(sys.executable).absolute()), "-m", "vaultkeeper"]
+
+
+# ---------------------------------------------------------------- from the config
+
+
+def scheduled_jobs(
+    cfg: Config,
+    user: str | None = None,
+    environment_file: Path | None = None,
+    executable: str | None = None,
+) -> tuple[list[ScheduledJob], list[str]]:
+    """The config's scheduled jobs as the scheduler sees them, and the names without a schedule.
+
+    Units may write only the state dir and the directories of ``file://`` stores; a drill job
+    that provisions a scratch cluster keeps the capabilities to run it as the postgres user.
+    """
+    stores = [
+        Path(s.url[len("file://") :]) for s in cfg.stores.values() if s.url.startswith("file://")
+    ]
+    jobs, skipped = [], []
+    for name, job in cfg.jobs.items():
+        if not job.schedule:
+            skipped.append(name)
+            continue
+        caps: tuple[str, ...] = ()
+        writes = list(stores)
+        target = cfg.targets.get(job.target or "") if job.kind == "drill" else None
+        if target is not None:
+            if target.postgres is not None and target.postgres.provision == "scratch":
+                caps = SCRATCH_CLUSTER_CAPABILITIES
+            writes += [p for p in (target.workdir,) if p is not None]
+            if target.ledgers is not None and target.ledgers.restore_to is not None:
+                writes.append(target.ledgers.restore_to)
+        jobs.append(
+            ScheduledJob(
+                name=name,
+                schedule=job.schedule,
+                config_path=cfg.path.resolve(),
+                description=f"vaultkeeper {job.kind} job {name}",
+                randomized_delay=job.randomized_delay,
+                timeout=job.timeout,
+                user=user,
+                executable=[executable] if executable else None,
+                state_dir=cfg.state_dir,
+                write_paths=writes,
+                environment_file=environment_file,
+                capabilities=caps,
+            )
+        )
+    return jobs, skipped
 
 
 # ---------------------------------------------------------------- systemd
@@ -151,7 +219,8 @@ def systemd_units(job: ScheduledJob) -> dict[str, str]:
         "SystemCallArchitectures=native",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
         # root keeps only the right to read every file (backups of other users' data)
-        "CapabilityBoundingSet=" + ("" if _unprivileged(job) else "CAP_DAC_READ_SEARCH"),
+        "CapabilityBoundingSet="
+        + ("" if _unprivileged(job) else " ".join(["CAP_DAC_READ_SEARCH", *job.capabilities])),
     ]
 
     delay = _whole_seconds(job.randomized_delay, job, "randomized_delay")
@@ -428,6 +497,9 @@ def _check(job: ScheduledJob) -> None:
             "(schedulers start jobs in /)",
             job=job.name,
         )
+    for cap in job.capabilities:
+        if not _CAPABILITY.match(cap):
+            raise ConfigError(f"job {job.name!r}: {cap!r} is not a capability", job=job.name)
     if job.user is not None and not _USER_NAME.match(job.user):
         raise ConfigError(f"job {job.name!r}: {job.user!r} is not a user name", job=job.name)
     exe = job.argv()[0]
