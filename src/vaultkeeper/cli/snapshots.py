@@ -8,6 +8,7 @@ import click
 
 from vaultkeeper import catalog
 from vaultkeeper.cli.common import context, emit_json, human_bytes, json_option, store_option, table
+from vaultkeeper.ops.copy import verified_copies
 
 
 @click.group()
@@ -42,6 +43,9 @@ def list_(ctx: click.Context, store_name: str | None, as_json: bool) -> int:
     c = context(ctx)
     name, _, store = c.store(store_name)
     rows = [_row(e) for e in catalog.entries(store, c.trusted)]
+    copies = verified_copies(c.config.state_dir, exclude_store=name)
+    for r in rows:  # other stores where a copy last verified clean (from the verify history)
+        r["verified_copies"] = copies.get(r["snapshot_id"], [])
     if as_json:
         emit_json(
             {
@@ -66,10 +70,11 @@ def list_(ctx: click.Context, store_name: str | None, as_json: bool) -> int:
                     human_bytes(r["stored_bytes"]),
                     f"{r['lock_mode']} until {r['retain_until']}",
                     "ok" if r["valid"] else f"INVALID: {r['problem']}",
+                    ",".join(r["verified_copies"]) or "-",
                 ]
                 for r in rows
             ],
-            ["SNAPSHOT", "KIND", "SOURCE", "SIZE", "STORED", "LOCK", "MANIFEST"],
+            ["SNAPSHOT", "KIND", "SOURCE", "SIZE", "STORED", "LOCK", "MANIFEST", "COPIES"],
         )
     )
     return 0
