@@ -147,15 +147,79 @@ def fingerprint_sql(
             where.append(sql.SQL("{} >= %s").format(sql.Identifier(key_column)))
         if bounds[1]:
             where.append(sql.SQL("{} < %s").format(sql.Identifier(key_column)))
-    return sql.SQL(
-        "SELECT count(*)::int8,"
-        " coalesce(sum(('x' || substr(md5(ROW({cols})::text), 1, 16))::bit(64)::int8"
-        "::numeric), 0)::text FROM {rel} {where}"
-    ).format(
-        cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+    return sql.SQL("SELECT count(*)::int8, coalesce(sum({h}), 0)::text FROM {rel} {where}").format(
+        h=row_hash_sql(columns),
         rel=sql.Identifier(schema, name),
         where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
     )
+
+
+def row_hash_sql(columns: Sequence[str]) -> sql.Composed:
+    """The per-row term of the digest: the first 64 bits of ``md5(ROW(cols)::text)`` as a
+    signed ``int8``, widened to ``numeric`` so sums are exact. The ONE definition of the hash."""
+    return sql.SQL("('x' || substr(md5(ROW({cols})::text), 1, 16))::bit(64)::int8::numeric").format(
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
+
+
+def range_fingerprints(
+    conn: psycopg.Connection[Any],
+    table: str,
+    key_column: str,
+    key_type: str,
+    columns: Sequence[str],
+    ranges: Sequence[tuple[Any, Any]],
+) -> tuple[list[Fingerprint], int]:
+    """Fingerprints of the rows of ``table`` in each ``[start, end)`` range (``None`` = open),
+    computed in ONE scan (each row hashed once), plus the table's total row count.
+
+    ``key_type`` must be one of the supported partition key types. Pins the session settings
+    like :func:`chunk_fingerprint` and runs in one transaction (a savepoint inside the caller's).
+    """
+    from vaultkeeper.archive.discovery import SUPPORTED_KEY_TYPES
+
+    if key_type not in SUPPORTED_KEY_TYPES:
+        raise ValueError(f"unsupported key type {key_type!r}")
+    schema, _, name = table.rpartition(".")
+    rel = sql.Identifier(schema, name) if schema else sql.Identifier(name)
+    typ = sql.SQL(key_type)
+    query = sql.SQL(
+        "SELECT r.i, count(h.x)::int8, coalesce(sum(h.x), 0)::text"
+        " FROM unnest(%s::int[], %s::{t}[], %s::{t}[]) AS r(i, lo, hi)"
+        " LEFT JOIN (SELECT {k} AS k, {h} AS x FROM {rel}) AS h"
+        " ON (r.lo IS NULL OR h.k >= r.lo) AND (r.hi IS NULL OR h.k < r.hi)"
+        " GROUP BY r.i ORDER BY r.i"
+    ).format(t=typ, k=sql.Identifier(key_column), h=row_hash_sql(columns), rel=rel)
+    params = [
+        list(range(len(ranges))),
+        [r[0] for r in ranges],
+        [r[1] for r in ranges],
+    ]
+    with conn.transaction(), _pinned_settings(conn):
+        rows = conn.execute(query, params).fetchall()
+        total = conn.execute(sql.SQL("SELECT count(*)::int8 FROM {}").format(rel)).fetchone()
+    assert total is not None
+    out = [
+        Fingerprint(int(r[1]), f"{DIGEST_ALGORITHM}:{int(r[2]) % _MOD:016x}")
+        for r in sorted(rows, key=lambda r: int(r[0]))
+    ]
+    return out, int(total[0])
+
+
+def combine(fingerprints: Sequence[Fingerprint]) -> Fingerprint:
+    """The fingerprint of the union (as a multiset) of row sets with these fingerprints.
+
+    Exact because the digest is a sum modulo 2**64: fingerprints of disjoint parts add up.
+    """
+    total = 0
+    rows = 0
+    for fp in fingerprints:
+        algorithm, _, value = fp.digest.partition(":")
+        if algorithm != DIGEST_ALGORITHM:
+            raise ValueError(f"cannot combine digests of algorithm {algorithm!r}")
+        total += int(value, 16)
+        rows += fp.row_count
+    return Fingerprint(rows, f"{DIGEST_ALGORITHM}:{total % _MOD:016x}")
 
 
 @contextmanager
@@ -216,5 +280,8 @@ __all__ = [
     "RowRange",
     "Target",
     "chunk_fingerprint",
+    "combine",
     "fingerprint_sql",
+    "range_fingerprints",
+    "row_hash_sql",
 ]

@@ -55,6 +55,8 @@ class ArchiveStatus(StrEnum):
     EXPORTED = "exported"
     VERIFIED = "verified"
     FAILED = "failed"
+    #: the archive is intact but the chunk changed after the export (late rows): re-export
+    STALE = "stale"
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,12 @@ def _verdict(
     if archive.status is ArchiveStatus.FAILED:
         return Action.ARCHIVE, (
             f"archive: {old}, last archive failed at {_fmt_ts(archive.at)}; retrying",
+            unverified,
+        )
+    if archive.status is ArchiveStatus.STALE:
+        return Action.ARCHIVE, (
+            f"archive: the chunk changed after its archive of {_fmt_ts(archive.at)} "
+            "(row count or digest differ); exporting it again",
             unverified,
         )
     if archive.status is ArchiveStatus.EXPORTED:

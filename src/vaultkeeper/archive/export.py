@@ -1,0 +1,260 @@
+"""Export one chunk to the store: a consistent COPY through the pipeline, the signed manifest last.
+
+What is guaranteed when :func:`export_chunk` returns:
+
+* the chunk's rows were read with ``COPY (SELECT <columns> FROM <chunk>) TO STDOUT`` (text
+  format) inside ONE ``REPEATABLE READ, READ ONLY`` transaction, in which the server also took
+  the row count and digest (:func:`~vaultkeeper.archive.digest.chunk_fingerprint`) before the
+  COPY: the manifest's count and digest describe exactly the exported rows. The number of rows
+  COPY delivered is checked against that count;
+* the session settings that shape text forms are pinned for the whole transaction and
+  ``client_encoding`` equals ``server_encoding``, so the COPY text is the same text the digest
+  hashed (see :mod:`vaultkeeper.archive.copytext`); the manifest records them;
+* the stream went through the snapshot pipeline (fixed-size chunks, zstd, AES-256-GCM under a
+  fresh data key bound to the archive id, blake3 of every part and of the whole stream) into
+  locked objects, and the signed manifest was written LAST with the same lock.
+
+If anything fails before the manifest is written, the parts already stored stay (locked, and
+harmless without a manifest), nothing is recorded, and a rerun starts a new archive id. Memory
+does not grow with the chunk: at most ``parallel + 1`` pipeline chunks are in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from vaultkeeper import __version__
+from vaultkeeper.archive.db import db_error
+from vaultkeeper.archive.digest import (
+    DIGEST_ALGORITHM,
+    PINNED_SETTINGS,
+    Fingerprint,
+    _set_local,
+    chunk_fingerprint,
+)
+from vaultkeeper.archive.discovery import Chunk, TableInfo
+from vaultkeeper.archive.manifest import (
+    ARCHIVE_FORMAT_VERSION,
+    ARCHIVE_MANIFEST_TYPE,
+    ARTIFACT,
+    ARTIFACT_FORMAT,
+    archive_prefix,
+    bound_json,
+    manifest_key,
+    part_key,
+)
+from vaultkeeper.config import LockPolicy
+from vaultkeeper.crypto import DataKey, Keyring, Signer, b3hex, new_data_key
+from vaultkeeper.errors import IntegrityError
+from vaultkeeper.manifest import isoformat, new_snapshot_id, sign
+from vaultkeeper.pipeline import ArtifactRecord, WriteOptions, write_artifact
+from vaultkeeper.snapshot import lock_for
+from vaultkeeper.store.base import Lock, ObjectStore
+
+
+@dataclass(frozen=True)
+class Exported:
+    """A committed archive: its manifest's key, version and exact bytes' blake3, and body."""
+
+    archive_id: str
+    manifest_key: str
+    manifest_version: str | None
+    manifest_blake3: str
+    body: dict[str, Any]
+    fingerprint: Fingerprint
+    artifact: ArtifactRecord
+    lock: Lock
+    exported_at: dt.datetime
+    seconds: float
+
+
+def copy_query(info: TableInfo, chunk: Chunk) -> sql.Composed:
+    """``COPY (SELECT <table's columns, in table order> FROM <chunk>) TO STDOUT``.
+
+    The explicit column list makes the export independent of the chunk's physical column order
+    (a native partition attached later may differ from its parent).
+    """
+    return sql.SQL("COPY (SELECT {cols} FROM {rel}) TO STDOUT").format(
+        cols=sql.SQL(", ").join(sql.Identifier(c.name) for c in info.columns),
+        rel=sql.Identifier(chunk.schema, chunk.name),
+    )
+
+
+class _RowCounter:
+    """Counts the rows COPY delivered (one protocol message per row in text format)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+
+def _blocks(copy: psycopg.Copy, size: int, counter: _RowCounter) -> Iterator[bytes]:
+    """Re-block COPY's one-message-per-row stream into pipeline chunks of about ``size`` bytes
+    (whole rows; a chunk ends after the row that reaches ``size``)."""
+    buf = bytearray()
+    rows = 0
+    for data in copy:
+        buf += data
+        rows += 1
+        if len(buf) >= size:
+            block = bytes(buf)
+            buf.clear()
+            yield block
+    counter.rows = rows
+    if buf:
+        yield bytes(buf)
+
+
+def export_chunk(
+    conn: psycopg.Connection[Any],
+    info: TableInfo,
+    chunk: Chunk,
+    *,
+    store: ObjectStore,
+    store_name: str,
+    keyring: Keyring,
+    signer: Signer,
+    policy: LockPolicy,
+    options: WriteOptions,
+    source: dict[str, Any],
+    table_config: str,
+    now: dt.datetime | None = None,
+) -> Exported:
+    """Archive ``chunk`` of ``info`` into ``store``; see the module docstring for guarantees.
+
+    ``conn`` must be an autocommit connection without an open transaction. ``source`` is the
+    source's identity (name, server version, TimescaleDB version) recorded in the manifest.
+    """
+    started_mono = time.monotonic()
+    started = now or dt.datetime.now(dt.UTC)
+    archive_id = new_snapshot_id(started)
+    table = f"{info.schema}.{info.name}"
+    prefix = archive_prefix(table, chunk.schema, chunk.name, archive_id)
+    raw_key = new_data_key()
+    wrapped = keyring.current.wrap(raw_key, archive_id)
+    data_key = DataKey(raw_key, archive_id)
+    lock = lock_for(policy, started)
+    columns = [c.name for c in info.columns]
+    counter = _RowCounter()
+
+    try:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    except psycopg.Error as exc:
+        raise db_error(f"starting the export of {chunk.qualified_name}", exc) from None
+    try:
+        _set_local(conn, list(PINNED_SETTINGS.items()))
+        conn.execute(
+            "SELECT set_config('client_encoding', current_setting('server_encoding'), true)"
+        )
+        row = conn.execute("SELECT current_setting('server_encoding')").fetchone()
+        assert row is not None
+        encoding = str(row[0])
+        fingerprint = chunk_fingerprint(conn, chunk, columns=columns)
+        with conn.cursor().copy(copy_query(info, chunk)) as copy:
+            artifact = write_artifact(
+                _blocks(copy, options.chunk_size, counter),
+                artifact=ARTIFACT,
+                fmt=ARTIFACT_FORMAT,
+                snapshot_id=archive_id,
+                store=store,
+                lock=lock,
+                data_key=data_key,
+                options=options,
+                key_for=lambda _sid, _art, index: part_key(prefix, index),
+            )
+        conn.execute("COMMIT")
+    except psycopg.Error as exc:
+        _rollback(conn)
+        raise db_error(f"exporting {chunk.qualified_name}", exc) from None
+    except BaseException:
+        _rollback(conn)
+        raise
+    if counter.rows != fingerprint.row_count:
+        raise IntegrityError(
+            f"COPY of {chunk.qualified_name} delivered {counter.rows} rows but the same snapshot "
+            f"counted {fingerprint.row_count}; nothing was committed (archive {archive_id} has "
+            "no manifest)",
+            chunk=chunk.qualified_name,
+        )
+    exported_at = dt.datetime.now(dt.UTC)
+    body: dict[str, Any] = {
+        "schema_version": 1,
+        "type": ARCHIVE_MANIFEST_TYPE,
+        "format_version": ARCHIVE_FORMAT_VERSION,
+        "archive_id": archive_id,
+        "config": table_config,
+        "store": store_name,
+        "source": source,
+        "table": {
+            "schema": info.schema,
+            "name": table,
+            "kind": info.kind.value,
+            "key_column": info.key_column,
+            "key_type": info.key_type,
+        },
+        "chunk": {
+            "schema": chunk.schema,
+            "name": chunk.name,
+            "kind": chunk.kind.value,
+            "range_start": bound_json(chunk.range_start),
+            "range_end": bound_json(chunk.range_end),
+            "is_compressed": chunk.is_compressed,
+        },
+        "columns": [{"name": c.name, "type": c.type, "not_null": c.not_null} for c in info.columns],
+        "rows": {
+            "count": fingerprint.row_count,
+            "digest": fingerprint.digest,
+            "digest_algorithm": DIGEST_ALGORITHM,
+            "taken": "server, in the export's REPEATABLE READ snapshot, before the COPY",
+        },
+        "copy": {
+            "statement": copy_query(info, chunk).as_string(conn),
+            "format": "text",
+            "encoding": encoding,
+            "settings": dict(PINNED_SETTINGS),
+            "isolation": "repeatable read, read only",
+        },
+        "started_at": isoformat(started),
+        "exported_at": isoformat(exported_at),
+        "lock": {"mode": lock.mode, "retain_until": isoformat(lock.retain_until)},
+        "encryption": {
+            "algorithm": "AES-256-GCM",
+            "data_key": wrapped,
+            "aad": "vaultkeeper-part|<archive_id>|rows|<index>",
+        },
+        "checksum": "blake3",
+        "artifact": artifact.to_json(),
+        "tool": {"name": "vaultkeeper", "version": __version__},
+    }
+    data = sign(body, signer)
+    key = manifest_key(prefix)
+    stored = store.put(key, data, lock)
+    return Exported(
+        archive_id=archive_id,
+        manifest_key=key,
+        manifest_version=stored.version_id,
+        manifest_blake3=b3hex(data),
+        body=body,
+        fingerprint=fingerprint,
+        artifact=artifact,
+        lock=lock,
+        exported_at=exported_at,
+        seconds=time.monotonic() - started_mono,
+    )
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    if conn.closed:
+        return
+    with contextlib.suppress(psycopg.Error):
+        conn.execute("ROLLBACK")
+
+
+__all__ = ["Exported", "copy_query", "export_chunk"]
