@@ -1,4 +1,4 @@
-"""Helpers for the ops integration tests: schemas, snapshots with chosen age and lock, moto stores."""
+"""Helpers for the ops tests: schemas, snapshots of a chosen age and lock, moto stores."""
 
 from __future__ import annotations
 

@@ -336,8 +336,8 @@ def _render_status(report: StatusReport) -> str:
         lines += [f"  {s.source}: {p}" for p in s.problems]
     for store, reasons in sorted(report.safe_mode.items()):
         lines.append(f"safe mode on {store}: " + "; ".join(reasons))
-    if report.archive:
-        lines.append(f"archive: {report.archive}")
+    for name, flag in sorted((report.archive_safe_mode or {}).items()):
+        lines.append(f"archive safe mode on {name}: {flag}")
     return "\n".join(lines)
 
 

@@ -15,12 +15,14 @@ Per source:
   PASS whose measured RTO is within ``objectives.<source>.rto``; a failed drill, or no drill at
   all, leaves the RTO unproven, which counts as breached.
 
-Safe mode is reported per store: a store where some snapshot last failed verification, on which
-``expire`` deletes nothing until a clean verify. When ``vaultkeeper.archive.run`` offers
-``safe_mode_flags(config)``, its flags are included as they are.
+Safe mode is reported per store (a store where some snapshot last failed verification, on which
+``expire`` deletes nothing until a clean verify) and per archived table (as recorded by the
+archive runner, ``vaultkeeper.archive.run.safe_mode_flags``: an archive failed its read-back
+verification, and purging is refused until ``archive verify`` is clean).
 
-Exit code (:attr:`StatusReport.exit_code`): 10 when the last verify of any source failed (the
-backups themselves are in doubt), else 13 when any objective is breached, else 0.
+Exit code (:attr:`StatusReport.exit_code`): 10 when the last verify of any source failed or an
+archived table is in safe mode (data already taken is in doubt), else 13 when any objective is
+breached, else 0.
 """
 
 from __future__ import annotations
@@ -91,11 +93,12 @@ class StatusReport:
     sources: list[SourceStatus]
     #: store -> why it is in safe mode
     safe_mode: dict[str, list[str]]
-    archive: dict[str, Any] | None = None
+    #: archived table -> its safe-mode record (None: no archive runner in this install)
+    archive_safe_mode: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
-        if any(s.verify_failed for s in self.sources):
+        if any(s.verify_failed for s in self.sources) or self.archive_safe_mode:
             return VerifyFailed.exit_code
         if any(s.breached for s in self.sources):
             return ObjectiveBreached.exit_code
@@ -114,7 +117,9 @@ class StatusReport:
                 {"store": store, "reasons": reasons}
                 for store, reasons in sorted(self.safe_mode.items())
             ],
-            "archive": self.archive,
+            "archive": None
+            if self.archive_safe_mode is None
+            else {"safe_mode": self.archive_safe_mode},
         }
 
 
@@ -138,7 +143,7 @@ def status(config: Config, now: datetime | None = None) -> StatusReport:
         _last_verify(st, history)
         _rto(st, config, drills)
         report.sources.append(st)
-    report.archive = _archive_flags(config)
+    report.archive_safe_mode = _archive_flags(config)
     return report
 
 
