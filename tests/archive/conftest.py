@@ -214,3 +214,18 @@ def event_partitions(
     create_monthly_partitions(pg_conn, table, [(2024, 1), (2024, 2), (2024, 3)])
     insert_rows(pg_conn, table, EVENT_COLUMNS, events)
     return table
+
+
+# --- archive lifecycle on the TimescaleDB harness ----------------------------------------------
+
+
+@pytest.fixture
+def ts_fresh_schema(timescale_dsn: str) -> Iterator[str]:
+    """A fresh schema on the TimescaleDB harness WITHOUT holding a connection during the test
+    (the code under test needs the harness's one connection); dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with connect_timescale(timescale_dsn) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    yield name
+    with connect_timescale(timescale_dsn) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))

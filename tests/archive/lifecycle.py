@@ -8,6 +8,7 @@ days are archived (and purged when enabled), the recent ones stay hot or warm.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,14 @@ def data_window(now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetim
 
 
 def recent_events(step_minutes: int = 45) -> list[tuple[Any, ...]]:
+    """Events every ~``step_minutes`` over the data window (cached per step and day)."""
     start, end = data_window()
-    return make_events(start, end, step=dt.timedelta(minutes=step_minutes), seed=11)
+    return list(_events(start, end.replace(minute=0, second=0, microsecond=0), step_minutes))
+
+
+@functools.cache
+def _events(start: dt.datetime, end: dt.datetime, step: int) -> tuple[tuple[Any, ...], ...]:
+    return tuple(make_events(start, end, step=dt.timedelta(minutes=step), seed=11))
 
 
 def create_native(conn: psycopg.Connection[Any], table: str, rows: list[tuple[Any, ...]]) -> None:
