@@ -112,6 +112,18 @@ def _blocks(copy: psycopg.Copy, size: int, counter: _RowCounter) -> Iterator[byt
         yield bytes(buf)
 
 
+def pin_session(conn: psycopg.Connection[Any]) -> str:
+    """Pin, for the current transaction, every setting the COPY text and the digest depend on:
+    :data:`~vaultkeeper.archive.digest.PINNED_SETTINGS`, and ``client_encoding`` =
+    ``server_encoding`` (no conversion). Returns the encoding. Must run inside a transaction."""
+    _set_local(conn, list(PINNED_SETTINGS.items()))
+    row = conn.execute(
+        "SELECT set_config('client_encoding', current_setting('server_encoding'), true)"
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def export_chunk(
     conn: psycopg.Connection[Any],
     info: TableInfo,
@@ -149,13 +161,7 @@ def export_chunk(
     except psycopg.Error as exc:
         raise db_error(f"starting the export of {chunk.qualified_name}", exc) from None
     try:
-        _set_local(conn, list(PINNED_SETTINGS.items()))
-        conn.execute(
-            "SELECT set_config('client_encoding', current_setting('server_encoding'), true)"
-        )
-        row = conn.execute("SELECT current_setting('server_encoding')").fetchone()
-        assert row is not None
-        encoding = str(row[0])
+        encoding = pin_session(conn)
         fingerprint = chunk_fingerprint(conn, chunk, columns=columns)
         with conn.cursor().copy(copy_query(info, chunk)) as copy:
             artifact = write_artifact(
@@ -257,4 +263,4 @@ def _rollback(conn: psycopg.Connection[Any]) -> None:
         conn.execute("ROLLBACK")
 
 
-__all__ = ["Exported", "copy_query", "export_chunk"]
+__all__ = ["Exported", "copy_query", "export_chunk", "pin_session"]
