@@ -7,16 +7,31 @@ of the line before, whose ``seq`` is one more than the line before, and which is
 None, and the verifier re-reads the chunk line by line to name every finding exactly. The two
 paths accept exactly the same clean chains; the fast path only exists for speed.
 
+The proof runs in C (``vaultkeeper._chainscan``, its own BLAKE3) when that optional extension
+was built, and otherwise in Python with bulk ``bytes`` operations. Both make exactly the same
+checks and return the same summaries; setting ``VAULTKEEPER_NO_CEXT=1`` before this module is
+imported (in every process) forces the Python one.
+
 This module is what worker processes import, so it stays small.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 from blake3 import blake3
 
 from vaultkeeper.chain.format import HASHED_FROM, HEAD, MAX_SAFE_INT, PAYLOAD_PREFIX, TAIL_SEP
+
+#: set (to anything but "" or "0") to ignore the C extension
+DISABLE_NATIVE_ENV = "VAULTKEEPER_NO_CEXT"
+_NATIVE_API_VERSION = 1
 
 _TAIL_FMT = b'},"prev":"%b","seq":%d,"ts":"'
 _TS_TYPE_SHAPE = b'9999-99-99T99:99:99.999999Z","type":"'
@@ -39,8 +54,78 @@ class CleanChunk:
     anchor_hashes: tuple[tuple[int, str], ...] = ()
 
 
+_NativeSummary = tuple[int, int, str, int, str, tuple[tuple[int, str], ...]]
+
+
+class _Native(Protocol):
+    """What scan.py uses of ``vaultkeeper._chainscan`` (see its docstrings)."""
+
+    API_VERSION: int
+
+    def scan(
+        self, buf: bytes | memoryview, anchor_seqs: tuple[int, ...], /
+    ) -> _NativeSummary | None: ...
+
+
+def _load_native() -> _Native | None:
+    """The C extension, or None when disabled, not built, not loadable or built from other
+    sources (an editable install keeps a stale build next to newer sources)."""
+    if os.environ.get(DISABLE_NATIVE_ENV, "") not in ("", "0"):
+        return None
+    try:
+        module = importlib.import_module("vaultkeeper._chainscan")
+    except ImportError:
+        return None
+    if getattr(module, "API_VERSION", None) != _NATIVE_API_VERSION:
+        return None
+    return cast(_Native, module)
+
+
+_native = _load_native()
+
+
+def backend() -> str:
+    """``"c"`` if this process proves chunks with the C extension, ``"python"`` otherwise."""
+    return "python" if _native is None else "c"
+
+
+@contextmanager
+def python_only() -> Iterator[None]:
+    """Prove chunks with the pure-Python path inside the block, in this process only (worker
+    processes follow ``VAULTKEEPER_NO_CEXT``). For tests and benchmarks."""
+    global _native
+    saved, _native = _native, None
+    try:
+        yield
+    finally:
+        _native = saved
+
+
 def scan_clean(buf: bytes, anchor_seqs: tuple[int, ...] = ()) -> CleanChunk | None:
     """Summary of ``buf`` if every line in it is provably clean, else None."""
+    native = _native
+    if native is None:
+        return scan_clean_python(buf, anchor_seqs)
+    return _scan_native(native, buf, anchor_seqs)
+
+
+def _scan_native(
+    native: _Native, buf: bytes | memoryview, anchor_seqs: tuple[int, ...]
+) -> CleanChunk | None:
+    wanted = tuple(sorted({s for s in anchor_seqs if 0 <= s <= MAX_SAFE_INT}))
+    summary = native.scan(buf, wanted)
+    if summary is None:
+        return None
+    lines, first_seq, first_prev, last_seq, last_hash, found = summary
+    anchors: tuple[tuple[int, str], ...] = ()
+    if found:
+        by_seq = dict(found)
+        anchors = tuple((s, by_seq[s]) for s in anchor_seqs if s in by_seq)
+    return CleanChunk(lines, first_seq, first_prev, last_seq, last_hash, anchors)
+
+
+def scan_clean_python(buf: bytes, anchor_seqs: tuple[int, ...] = ()) -> CleanChunk | None:
+    """:func:`scan_clean` with bulk ``bytes`` operations only (no C extension)."""
     if not buf.endswith(b"\n") or not buf.startswith(HEAD):
         return None
     lines = buf.split(b"\n")
@@ -124,7 +209,40 @@ def scan_range(
     path: str, start: int, end: int, anchor_seqs: tuple[int, ...] = ()
 ) -> CleanChunk | None:
     """Worker entry point: :func:`scan_clean` over bytes ``start..end`` of ``path``."""
-    return scan_clean(read_range(path, start, end), anchor_seqs)
+    native = _native
+    if native is None:
+        return scan_clean_python(read_range(path, start, end), anchor_seqs)
+    # The C scan only reads the chunk, so it reuses one buffer per thread: a fresh 4 MiB bytes
+    # object per chunk costs more in page faults than the copy from the page cache.
+    view = _read_into_reused(path, start, end)
+    try:
+        return _scan_native(native, view, anchor_seqs)
+    finally:
+        view.release()
+
+
+_reused = threading.local()
+_REUSE_MAX = 64 * 1024 * 1024
+
+
+def _read_into_reused(path: str, start: int, end: int) -> memoryview:
+    """Bytes ``start..end`` of ``path`` (fewer if the file shrank) in this thread's buffer."""
+    size = end - start
+    buf: bytearray | None = getattr(_reused, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = bytearray(size)
+        if size <= _REUSE_MAX:
+            _reused.buf = buf
+    view = memoryview(buf)
+    got = 0
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start)
+        while got < size:
+            n = f.readinto(view[got:size])
+            if not n:
+                break
+            got += n
+    return view[:got]
 
 
 def chunk_ranges(path: str, size: int, chunk_bytes: int) -> list[tuple[int, int]]:
