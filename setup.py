@@ -10,6 +10,8 @@ from setuptools import Extension, setup
 _SRC = "src/vaultkeeper/_chainscan"
 
 setup(
+    # the sources sit in a directory that package discovery takes for a namespace package
+    exclude_package_data={"vaultkeeper._chainscan": ["*.c", "*.h"]},
     ext_modules=[
         Extension(
             "vaultkeeper._chainscan",
@@ -18,5 +20,5 @@ setup(
             extra_compile_args=["-O2"],
             optional=True,
         )
-    ]
+    ],
 )
