@@ -45,7 +45,7 @@ from vaultkeeper.archive.digest import Fingerprint, chunk_fingerprint
 from vaultkeeper.archive.discovery import Chunk, TableInfo, TableKind, TableNotFound, discover
 from vaultkeeper.archive.export import export_chunk
 from vaultkeeper.archive.manifest import ArchiveManifest, bound_json
-from vaultkeeper.archive.plan import Action, LifecyclePolicy, TablePlan, plan
+from vaultkeeper.archive.plan import Action, LifecyclePolicy, TablePlan, _as_utc, plan
 from vaultkeeper.archive.purge import ChunkChanged, check_unchanged, purge_chunk, store_gate
 from vaultkeeper.archive.rehydrate import RestoreReport, rehydrate
 from vaultkeeper.archive.verify import LiveCheck, Verification, verify_archive, write_verification
@@ -436,6 +436,7 @@ def _run_table(
             )
             _purge(ctx, conn, r, info, again, rows, store, tr)
             tr.safe_mode = catalog.safe_mode(conn, table)
+            _compress_kept(conn, info, r.policy, now, tr)
     if not r.cfg.purge_enabled:
         tr.notes.append("purge is disabled for this table (archive.<name>.purge_enabled)")
 
@@ -472,6 +473,48 @@ def _compress(
         except psycopg.Error as exc:
             raise db.db_error(f"compressing {cp.chunk.qualified_name}", exc) from None
         tr.step(cp.chunk, "compress", "done", cp.reason, seconds=time.monotonic() - started)
+
+
+def _compress_kept(
+    conn: psycopg.Connection[Any],
+    info: TableInfo,
+    policy: LifecyclePolicy,
+    now: dt.datetime,
+    tr: TableRun,
+) -> None:
+    """Compress TimescaleDB chunks past the warm window that stay in the database after this
+    run (archived but not purged: purge disabled, safe mode, refused). Compression does not
+    change the rows, so their archives' digests still match."""
+    if (
+        info.kind is not TableKind.HYPERTABLE
+        or policy.compress_after is None
+        or not info.compression_enabled
+    ):
+        return
+    done = {s.chunk for s in tr.steps if s.action == "compress"}
+    purged = {s.chunk for s in tr.steps if s.action == "purge" and s.result == "done"}
+    for chunk in discover(conn, _qualified(info)).chunks:
+        name = f"{chunk.schema}.{chunk.name}"
+        end = _as_utc(chunk.range_end) if not isinstance(chunk.range_end, int) else None
+        if chunk.is_compressed or name in done or name in purged or end is None:
+            continue
+        if end + policy.compress_after > now:
+            continue
+        started = time.monotonic()
+        try:
+            conn.execute(
+                "SELECT compress_chunk(%s::regclass, if_not_compressed => true)",
+                [chunk.qualified_name],
+            )
+        except psycopg.Error as exc:
+            raise db.db_error(f"compressing {chunk.qualified_name}", exc) from None
+        tr.step(
+            chunk,
+            "compress",
+            "done",
+            "older than the warm window and kept in the database",
+            seconds=time.monotonic() - started,
+        )
 
 
 def _live(conn: psycopg.Connection[Any]) -> LiveCheck:
