@@ -6,7 +6,7 @@
  * prev is the stored hash of the line before and its seq is one more -- and returns a summary,
  * or None as soon as anything is unusual. None is never a verdict: the caller re-reads the
  * buffer with the Python line-by-line path, which names every finding. The checks are exactly
- * those of the Python fast path (scan._scan_clean_python), so both accept the same buffers.
+ * those of the Python fast path (scan.scan_clean_python), so both accept the same buffers.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
