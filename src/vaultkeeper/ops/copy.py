@@ -242,12 +242,14 @@ def _copy_one(
                 f"snapshot was not copied (run `vaultkeeper verify --store {src_name}`)",
                 key=part.key,
             )
-        try:
-            info = dst.put(part.key, data, lock)
-            return replace(part, version_id=info.version_id), info.lock, len(data), False
-        except ObjectLocked:
-            version_id, existing_lock = _identical_existing(dst, part.key, data)
-            return replace(part, version_id=version_id), existing_lock, 0, True
+        if not _exists(dst, part.key):
+            try:
+                info = dst.put(part.key, data, lock)
+                return replace(part, version_id=info.version_id), info.lock, len(data), False
+            except ObjectLocked:
+                pass  # written meanwhile by a concurrent copy: check it like any other
+        version_id, existing_lock = _identical_existing(dst, part.key, data)
+        return replace(part, version_id=version_id), existing_lock, 0, True
 
     copied: dict[str, PartRecord] = {}
     locks: list[Lock] = [lock]
