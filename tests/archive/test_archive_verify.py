@@ -89,6 +89,8 @@ def test_an_untouched_archive_verifies_and_its_documents_match_their_schemas(
     body = manifest["manifest"]
     assert body["rows"]["taken"].startswith("server, in the export's REPEATABLE READ snapshot")
     assert body["copy"]["settings"]["DateStyle"] == "ISO, YMD"
+    assert body["copy"]["connections"] == 2, "PostgreSQL: COPY and digest ran concurrently"
+    assert "concurrently with the COPY" in body["rows"]["taken"]
     prefix = archived.rows[0].manifest_key.removesuffix("manifest.json")
     records = sorted(archived.path(prefix + "verifications").iterdir())
     assert records

@@ -149,4 +149,5 @@ def test_the_archive_manifest_records_the_timescaledb_version(hyper: Hyper) -> N
     assert source["timescaledb_version"].startswith("2.23")
     assert source["server_version"].startswith("17")
     assert manifest.body["table"]["kind"] == "hypertable"
+    assert manifest.body["copy"]["connections"] == 1, "one session: digest, then COPY"
     assert dt.datetime.fromisoformat(manifest.body["exported_at"].replace("Z", "+00:00"))

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +55,13 @@ from vaultkeeper.archive.manifest import (
 )
 from vaultkeeper.config import LockPolicy
 from vaultkeeper.crypto import DataKey, Keyring, Signer, b3hex, new_data_key
-from vaultkeeper.errors import IntegrityError
+from vaultkeeper.errors import IntegrityError, VaultkeeperError
 from vaultkeeper.manifest import isoformat, new_snapshot_id, sign
 from vaultkeeper.pipeline import ArtifactRecord, WriteOptions, write_artifact
 from vaultkeeper.snapshot import lock_for
 from vaultkeeper.store.base import Lock, ObjectStore
+
+log = logging.getLogger("vaultkeeper.archive.export")
 
 
 @dataclass(frozen=True)
@@ -137,12 +141,19 @@ def export_chunk(
     options: WriteOptions,
     source: dict[str, Any],
     table_config: str,
+    connect_second: Callable[[], psycopg.Connection[Any]] | None = None,
     now: dt.datetime | None = None,
 ) -> Exported:
     """Archive ``chunk`` of ``info`` into ``store``; see the module docstring for guarantees.
 
     ``conn`` must be an autocommit connection without an open transaction. ``source`` is the
     source's identity (name, server version, TimescaleDB version) recorded in the manifest.
+
+    ``connect_second`` opens another connection to the same database. When it succeeds, the
+    transaction's snapshot is exported to it (``pg_export_snapshot``/``SET TRANSACTION
+    SNAPSHOT``): the COPY streams on that connection while the digest is taken on ``conn`` at
+    the same time, over the very same snapshot. When it fails (a server that allows a single
+    session, a full ``max_connections``), both run one after the other on ``conn``.
     """
     started_mono = time.monotonic()
     started = now or dt.datetime.now(dt.UTC)
@@ -156,15 +167,9 @@ def export_chunk(
     columns = [c.name for c in info.columns]
     counter = _RowCounter()
 
-    try:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-    except psycopg.Error as exc:
-        raise db_error(f"starting the export of {chunk.qualified_name}", exc) from None
-    try:
-        encoding = pin_session(conn)
-        fingerprint = chunk_fingerprint(conn, chunk, columns=columns)
-        with conn.cursor().copy(copy_query(info, chunk)) as copy:
-            artifact = write_artifact(
+    def upload(copy_conn: psycopg.Connection[Any]) -> ArtifactRecord:
+        with copy_conn.cursor().copy(copy_query(info, chunk)) as copy:
+            return write_artifact(
                 _blocks(copy, options.chunk_size, counter),
                 artifact=ARTIFACT,
                 fmt=ARTIFACT_FORMAT,
@@ -175,6 +180,21 @@ def export_chunk(
                 options=options,
                 key_for=lambda _sid, _art, index: part_key(prefix, index),
             )
+
+    try:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    except psycopg.Error as exc:
+        raise db_error(f"starting the export of {chunk.qualified_name}", exc) from None
+    second: psycopg.Connection[Any] | None = None
+    try:
+        encoding = pin_session(conn)
+        if connect_second is not None:
+            second = _share_snapshot(conn, connect_second)
+        if second is None:
+            fingerprint = chunk_fingerprint(conn, chunk, columns=columns)
+            artifact = upload(conn)
+        else:
+            fingerprint, artifact = _concurrently(conn, second, chunk, columns, upload)
         conn.execute("COMMIT")
     except psycopg.Error as exc:
         _rollback(conn)
@@ -182,6 +202,10 @@ def export_chunk(
     except BaseException:
         _rollback(conn)
         raise
+    finally:
+        if second is not None:
+            second.close()
+    shared = second is not None
     if counter.rows != fingerprint.row_count:
         raise IntegrityError(
             f"COPY of {chunk.qualified_name} delivered {counter.rows} rows but the same snapshot "
@@ -218,7 +242,12 @@ def export_chunk(
             "count": fingerprint.row_count,
             "digest": fingerprint.digest,
             "digest_algorithm": DIGEST_ALGORITHM,
-            "taken": "server, in the export's REPEATABLE READ snapshot, before the COPY",
+            "taken": "server, in the export's REPEATABLE READ snapshot"
+            + (
+                ", concurrently with the COPY (snapshot exported)"
+                if shared
+                else ", before the COPY"
+            ),
         },
         "copy": {
             "statement": copy_query(info, chunk).as_string(conn),
@@ -226,6 +255,7 @@ def export_chunk(
             "encoding": encoding,
             "settings": dict(PINNED_SETTINGS),
             "isolation": "repeatable read, read only",
+            "connections": 2 if shared else 1,
         },
         "started_at": isoformat(started),
         "exported_at": isoformat(exported_at),
@@ -254,6 +284,60 @@ def export_chunk(
         exported_at=exported_at,
         seconds=time.monotonic() - started_mono,
     )
+
+
+def _share_snapshot(
+    conn: psycopg.Connection[Any], connect_second: Callable[[], psycopg.Connection[Any]]
+) -> psycopg.Connection[Any] | None:
+    """A second connection inside ``conn``'s snapshot, or None when none can be had."""
+    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    assert row is not None
+    try:
+        second = connect_second()
+    except (VaultkeeperError, psycopg.Error) as exc:
+        log.debug("exporting on one connection (no second one: %s)", exc)
+        return None
+    try:
+        second.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        second.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(str(row[0]))))
+        pin_session(second)
+    except psycopg.Error:
+        second.close()
+        raise
+    return second
+
+
+def _concurrently(
+    conn: psycopg.Connection[Any],
+    second: psycopg.Connection[Any],
+    chunk: Chunk,
+    columns: list[str],
+    upload: Callable[[psycopg.Connection[Any]], ArtifactRecord],
+) -> tuple[Fingerprint, ArtifactRecord]:
+    """The digest on ``conn`` (a worker thread) while the COPY streams on ``second``."""
+    result: list[Fingerprint] = []
+    failed: list[BaseException] = []
+
+    def take() -> None:
+        try:
+            result.append(chunk_fingerprint(conn, chunk, columns=columns))
+        except BaseException as exc:  # reported by the caller, after the COPY
+            failed.append(exc)
+
+    worker = threading.Thread(target=take, name="vk-archive-digest", daemon=True)
+    worker.start()
+    try:
+        artifact = upload(second)
+        second.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            conn.cancel_safe(timeout=10)
+        worker.join()
+        raise
+    worker.join()
+    if failed:
+        raise failed[0]
+    return result[0], artifact
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:

@@ -556,6 +556,7 @@ def _archive_chunk(
             options=r.options,
             source=source,
             table_config=r.name,
+            connect_second=lambda: db.connect(r.target, attempts=1),
         )
     except StoreError as exc:
         tr.step(chunk, "export", "failed", f"{exc.message} (nothing committed; retried next run)")
