@@ -196,6 +196,8 @@ def test_two_runs_of_the_same_job_at_once_one_runs_one_refuses_with_exit_9(
         assert second.returncode == 9
         assert f"job '{JOB}' is already running: pid {first.pid} " in err.decode()
         assert "This run did nothing" in err.decode()
+        (refused,) = [e for e in log_events(err.decode()) if e["event"] == "job.refused"]
+        assert refused["error"] == "job_locked" and refused["level"] == "warning"
         assert first.poll() is None, "the first run is still working"
         blocked_dump.rollback()  # let the dump proceed
         out, err = first.communicate(timeout=120)

@@ -48,6 +48,7 @@ from vaultkeeper.errors import (
     ConfigError,
     DrillFailed,
     Interrupted,
+    JobLocked,
     Refused,
     StoreError,
     VaultkeeperError,
@@ -142,7 +143,7 @@ def run_job(ctx: Context, name: str) -> JobOutcome:
     job = ctx.config.job(name)
     state = ctx.config.state_dir
     log = JobLog(name)
-    with job_lock(state, name) as holder:
+    with _refusal_logged(log), job_lock(state, name) as holder:
         started = datetime.now(UTC)
         t0 = time.monotonic()
         log.event(
@@ -197,6 +198,16 @@ def run_job(ctx: Context, name: str) -> JobOutcome:
         if bug is not None:
             raise bug
         return outcome
+
+
+@contextmanager
+def _refusal_logged(log: JobLog) -> Iterator[None]:
+    """A refused start leaves one ``job.refused`` event (journald sees why nothing ran)."""
+    try:
+        yield
+    except JobLocked as exc:
+        log.event("job.refused", level=logging.WARNING, message=exc.message, error=exc.code)
+        raise
 
 
 @contextmanager
