@@ -1,10 +1,11 @@
 """`make bench`: run every benchmark module present (backup, chain, archive, drill).
 
 ``python -m bench [--quick] [--only NAME[,NAME]]``. A module that does not exist yet is skipped;
-each one prints its own tables and writes ``bench/results/<name>.json``. A module is called as
-``main(argv)``; with ``--quick`` argv is the module's ``QUICK_ARGV`` (a smoke run: small sizes,
-one run per measure), or empty when it defines none. Exits non-zero when a benchmark fails to
-run; a missed target is reported in the tables, not in the exit status.
+each one prints its own tables and writes ``bench/results/<name>.json``. Each runs in its own
+``python -m bench.<name>`` process, so one benchmark's memory, threads or crash cannot touch
+the next one's numbers. With ``--quick`` a module gets its ``QUICK_ARGV`` (a smoke run: small
+sizes, one run per measure), or no arguments when it defines none. Exits non-zero when a
+benchmark fails to run; a missed target is reported in the tables, not in the exit status.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import subprocess
 import sys
 import time
-import traceback
+from pathlib import Path
 
 BENCHES = ("backup", "chain", "archive", "drill")
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,15 +39,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"\n=== bench/{name} ===", flush=True)
         started = time.perf_counter()
-        try:
-            module = importlib.import_module(f"bench.{name}")
-            forwarded = list(getattr(module, "QUICK_ARGV", [])) if args.quick else []
-            code = module.main(forwarded)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except Exception:
-            traceback.print_exc()
-            code = 1
+        forwarded: list[str] = []
+        if args.quick:
+            forwarded = list(getattr(importlib.import_module(f"bench.{name}"), "QUICK_ARGV", []))
+        argv = [sys.executable, "-m", f"bench.{name}", *forwarded]
+        code = subprocess.run(argv, cwd=REPO_ROOT).returncode
         print(
             f"--- bench/{name}: exit {code} after {time.perf_counter() - started:.0f}s", flush=True
         )

@@ -189,8 +189,8 @@ class Bench:
         return [sys.executable, "-m", "vaultkeeper", "--config", str(self.config), *args]
 
     def setup(self) -> None:
-        for d in ("store", "state"):
-            (self.work / d).mkdir()
+        for name in ("store", "state"):
+            (self.work / name).mkdir()
         keys = self.work / "keys"
         run_measured([sys.executable, "-m", "vaultkeeper", "keys", "generate", "--dir", str(keys)])
         if self.pgbackrest is None:
@@ -563,6 +563,12 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     machine = CpuSteal()
+    cpus = os.cpu_count() or 1
+    if machine.load_start[0] > 0.5 * cpus:
+        log(
+            f"warning: load average {machine.load_start[0]:.1f} on {cpus} CPUs before starting; "
+            "wall times will be inflated by other work (the CPU s columns much less so)"
+        )
     work = Path(tempfile.mkdtemp(prefix="vk-bench-"))
     work.chmod(0o755)
     results: list[SizeResult] = []
