@@ -323,7 +323,8 @@ class ArchiveTable(_Model):
     lock: LockPolicy | None = None
     chunk_size_mib: int = Field(default=8, ge=1, le=256)
     parallel_uploads: int = Field(default=4, ge=1, le=64)
-    compression_level: int = Field(default=3, ge=1, le=19)
+    #: zstd level; 1 by default: ~4x less CPU than 3 on event rows for ~3 % more bytes
+    compression_level: int = Field(default=1, ge=1, le=19)
 
     @field_validator("hot_window", "compress_after", "archive_after", mode="before")
     @classmethod
