@@ -43,6 +43,7 @@ from vaultkeeper.config import AuditLogConfig, StoreConfig
 from vaultkeeper.context import Context
 from vaultkeeper.errors import Refused, StoreError, VaultkeeperError
 from vaultkeeper.manifest import isoformat, manifest_key, parse_time, snapshot_prefix, snapshot_time
+from vaultkeeper.ops.lock import job_lock
 from vaultkeeper.ops.logging import JobLog
 from vaultkeeper.ops.retention import Decision, RetentionPlan, RetentionPolicy, SnapshotRef, plan
 from vaultkeeper.ops.verified import History, read_history, record_deleted
@@ -50,6 +51,8 @@ from vaultkeeper.store.base import ObjectInfo, ObjectStore, utcnow
 
 REPORT_TYPE = "vaultkeeper.expire_plan"
 DEFAULT_GARBAGE_GRACE = timedelta(hours=24)
+#: the lock (in the state dir's job locks) held by every deleting run
+DELETION_LOCK = "vk-expire-deletions"
 
 Outcome = Literal["keep", "locked", "would_delete", "deleted", "refused", "failed", "invalid"]
 GarbageOutcome = Literal["would_delete", "deleted", "locked", "young", "refused", "failed"]
@@ -302,8 +305,25 @@ def expire(
     """Plan (and unless ``dry_run``, carry out) expiry on ``stores`` (default: every store).
 
     Raises :class:`Refused` before deleting anything when deletions are due, ``audit`` is on
-    and the config has no ``audit_log``. Everything else is reported per snapshot.
+    and the config has no ``audit_log``, and :class:`~vaultkeeper.errors.JobLocked` when another
+    deleting expire runs on this host. Everything else is reported per snapshot.
     """
+    if not dry_run:
+        # one deleting expire per host at a time (a scheduled job and a manual run)
+        with job_lock(ctx.config.state_dir, DELETION_LOCK):
+            return _expire(ctx, stores, False, audit, now, garbage_grace, log)
+    return _expire(ctx, stores, True, audit, now, garbage_grace, log)
+
+
+def _expire(
+    ctx: Context,
+    stores: Sequence[str] | None,
+    dry_run: bool,
+    audit: bool,
+    now: datetime | None,
+    garbage_grace: timedelta,
+    log: JobLog | None,
+) -> ExpireReport:
     now = now or datetime.now(UTC)
     names = list(stores) if stores else list(ctx.config.stores)
     history = read_history(ctx.config.state_dir)
