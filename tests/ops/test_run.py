@@ -139,6 +139,9 @@ def test_verify_copy_expire_and_drill_jobs_run_by_name(env: Env, tmp_path: Path)
     text = (env.root / "state" / "metrics" / "vaultkeeper_drill-staging.prom").read_text()
     assert 'vaultkeeper_drill_verdict{job_name="drill-staging",verdict="PASS"} 1.0' in text
     assert "vaultkeeper_drill_rto_seconds" in text
+    assert metrics(env, "drill-staging")[("vaultkeeper_job_runs_total", "success")] == 1
+    history = (env.root / "state" / "drill-history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["drill_id"] for line in history] == [drill["result"]["drill_id"]]
 
 
 def test_archive_job_without_the_archive_runner_fails_with_a_config_error(

@@ -24,7 +24,8 @@ copy               :func:`vaultkeeper.ops.copy.copy_snapshots` ``--missing`` fro
                    ``to_store`` (only ``source``'s when set)
 expire             :func:`vaultkeeper.ops.expire.expire` for real (scheduling an expire job is
                    the confirmation) on ``store``, or on every store when unset; audited
-drill              :func:`vaultkeeper.restore.drill.run_drill` on the job's ``target``
+drill              a restore drill of the job's ``target`` (as ``drill restore``), appended
+                   to the drill history; the verdict and RTO go to the job's metrics
 archive            ``vaultkeeper.archive.run.run_job(ctx, job)``, imported when needed
 =================  ==========================================================================
 """
@@ -347,13 +348,17 @@ def _expire(ctx: Context, name: str, job: JobConfig, log: JobLog) -> Done:
 
 
 def _drill(ctx: Context, name: str, job: JobConfig, log: JobLog) -> Done:
-    from vaultkeeper.restore.drill import run_drill
+    """``run_drill`` minus its own textfile: the job's metrics file carries the verdict and RTO
+    (two writers of ``vaultkeeper_drill-<target>.prom`` would count a run twice)."""
+    from vaultkeeper.restore.drill import Drill, append_history
 
     target = _need(job, name, ctx, "target")
+    drill = Drill(ctx, target, log=lambda m: log.event("drill.progress", step="drill", message=m))
     with log.step("drill", target=target) as r:
-        summary = run_drill(
-            ctx, target, log=lambda m: log.event("drill.progress", step="drill", message=m)
-        )
+        try:
+            summary = drill.run()
+        finally:  # the history records interrupted drills too
+            append_history(ctx.config.state_dir, drill.summary)
         r.update(verdict=summary.verdict, rto_seconds=summary.rto_seconds)
     verdict: DrillVerdict = "PASS" if summary.verdict == "PASS" else "FAIL"
     error = None
