@@ -318,7 +318,7 @@ def _render_status(report: StatusReport) -> str:
                 s.state.upper().replace("_", " "),
                 "-" if nv is None else f"{_age(nv['age_seconds'])} ({nv['store']})",
                 _objective(s.rpo_objective, s.rpo_met),
-                "-" if lv is None else ("ok " if lv["ok"] else "FAILED ") + lv["at"],
+                "-" if lv is None else ("ok " if lv["ok"] else "FAILED ") + lv["at"][:19] + "Z",
                 "-"
                 if ld is None
                 else f"{ld['verdict']} "
