@@ -115,6 +115,33 @@ def test_store_filling_up_mid_upload_loses_no_rows_and_a_rerun_completes(
     assert loaded.no_rows_lost()["purged_chunks"] == len(loaded.due)
 
 
+def test_an_archive_left_unverified_by_a_store_failure_is_verified_not_exported_again(
+    loaded: Loaded,
+) -> None:
+    """The store fails right after the first archive's manifest (its verification record
+    cannot be written): that archive stays ``exported``; the next run reads it back and
+    verifies it instead of exporting the chunk a second time."""
+    store = FillsUp(_local(loaded.env), room=3)
+    report = lifecycle.run(loaded.env.context(), stores={"primary": store})
+    t = report.tables[0]
+    assert [(s.action, s.result) for s in t.steps] == [
+        ("export", "done"),
+        ("verify", "failed"),
+    ]
+    first = t.steps[0].archive_id
+    assert loaded.statuses() == {loaded.due[0]: Status.EXPORTED}
+    loaded.no_rows_lost()
+
+    again = loaded.env.cli_json("archive", "run")
+    steps = again["tables"][0]["steps"]
+    assert steps[0]["action"] == "verify" and steps[0]["archive_id"] == first
+    assert [s["action"] for s in steps if s["action"] == "export"] == ["export"] * (
+        len(loaded.due) - 1
+    )
+    assert loaded.statuses() == {n: Status.PURGED for n in loaded.due}
+    assert loaded.no_rows_lost()["purged_chunks"] == len(loaded.due)
+
+
 def test_corrupted_part_found_on_read_back_enters_safe_mode_and_purges_nothing(
     loaded: Loaded,
 ) -> None:

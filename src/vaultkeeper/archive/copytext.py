@@ -37,7 +37,8 @@ from vaultkeeper.archive.digest import DIGEST_ALGORITHM, Fingerprint
 _MOD = 2**64
 _ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.DOTALL)
 _LETTERS = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
-_NEEDS_QUOTES = re.compile(rb'["\\(),\s]')
+#: bytes that make record_out quote a value: ``"`` ``\\`` ``(`` ``)`` ``,`` and C isspace()
+_QUOTE_TRIGGERS = b'"\\(),\t\n\v\f\r '
 
 
 def _unescape_one(m: re.Match[bytes]) -> bytes:
@@ -60,18 +61,20 @@ def unescape_field(field: bytes) -> bytes | None:
 
 def record_text(line: bytes) -> bytes:
     """``ROW(...)::text`` of one COPY text line (without its newline), as record_out prints it."""
-    parts = []
-    search = _NEEDS_QUOTES.search
-    for raw in line.split(b"\t"):
-        value = unescape_field(raw)
-        if value is None:
-            parts.append(b"")
-        elif not value:
-            parts.append(b'""')
-        elif search(value) is not None:
-            parts.append(b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'""') + b'"')
+    parts: list[bytes] = []
+    append = parts.append
+    for value in line.split(b"\t"):
+        if b"\\" in value:
+            if value == b"\\N":
+                append(b"")
+                continue
+            value = _ESCAPE.sub(_unescape_one, value)
+        if not value:
+            append(b'""')
+        elif len(value.translate(None, _QUOTE_TRIGGERS)) != len(value):
+            append(b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'""') + b'"')
         else:
-            parts.append(value)
+            append(value)
     return b"(" + b",".join(parts) + b")"
 
 

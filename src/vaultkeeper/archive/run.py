@@ -416,10 +416,20 @@ def _run_table(
         _compress(conn, info, p, tr, dry_run=dry_run)
         source = postgres.identity(conn, r.cfg.source)
         for cp in p.with_action(Action.ARCHIVE):
+            pending = catalog.latest_for(rows, cp.chunk)
+            if pending is not None and pending.status is not Status.EXPORTED:
+                pending = None
             if dry_run:
-                tr.step(cp.chunk, "export", "would", cp.reason)
+                what = "verify" if pending is not None else "export"
+                tr.step(cp.chunk, what, "would", cp.reason)
                 continue
-            if not _archive_chunk(ctx, conn, r, info, cp.chunk, store, source, tr):
+            if pending is not None:
+                # exported by an earlier run that stopped before its read-back: verify that
+                # archive instead of exporting the chunk again
+                ok = _verify_and_record(ctx, conn, r, table, pending, store, tr, live=_live(conn))
+            else:
+                ok = _archive_chunk(ctx, conn, r, info, cp.chunk, store, source, tr)
+            if not ok:
                 break
         if dry_run:
             _dry_purge(ctx, conn, r, info, p, rows, store, tr)

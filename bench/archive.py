@@ -1,0 +1,444 @@
+"""bench/archive: export throughput of one chunk next to a raw ``COPY ... TO /dev/null``.
+
+Setup: a database on the local PostgreSQL 15 (``--dsn``, default the local server; dropped at
+the end) with ``events`` range-partitioned by month and ONE partition filled with realistic rows
+(jsonb payloads with uuids, ids, IPs, amounts; free-text messages; the bench/backup generator)
+until its COPY text is about ``--target-mib`` MiB (default 64). ``VACUUM (FREEZE, ANALYZE)``,
+``CHECKPOINT``, and one uncounted COPY warm the cache for everyone.
+
+Each round runs, in this order, on that one partition (medians of ``--rounds``, default 3):
+
+==========================  =======================================================================
+``COPY psql``               ``psql -c "COPY (SELECT <cols> FROM <chunk>) TO STDOUT"`` > /dev/null
+``COPY psycopg``            the same COPY through psycopg into a null sink (in-process)
+``export``                  :func:`vaultkeeper.archive.export.export_chunk`, as ``archive run``
+                            calls it: REPEATABLE READ snapshot, server digest on one connection
+                            CONCURRENTLY with the COPY on a second one (exported snapshot), COPY
+                            text -> 8 MiB chunks -> zstd (table default level) -> AES-256-GCM ->
+                            blake3 -> local ``file://`` WORM store (fsync per object), signed
+                            manifest last
+``export (1 connection)``   the same on one connection: digest, then COPY (what a single-session
+                            server such as the PGlite TimescaleDB build gets)
+``export (zstd-3)``         the export at zstd level 3 instead of the default, for comparison
+``stream only``             COPY through the same pipeline into the same store WITHOUT the digest:
+                            the ceiling of any export that must also take a digest
+``digest only``             the server digest alone (``chunk_fingerprint``)
+``verify``                  read-back verification of one archive: fetch, blake3, decrypt,
+                            decompress, client-side digest of the COPY text
+==========================  =======================================================================
+
+The target is export throughput >= 0.9x the raw COPY (``TARGET``), reported against both
+baselines. Results go to ``bench/results/archive.json`` with every run, the load average
+before and after, and the machine.
+
+Run: ``.venv/bin/python -m bench.archive [--target-mib 64] [--rounds 3] [--dsn DSN]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from bench.common import _EVENTS_INSERT, _WORDS, MIB, fmt_table, timed, write_results
+from vaultkeeper.archive.digest import chunk_fingerprint
+from vaultkeeper.archive.discovery import Chunk, TableInfo, discover
+from vaultkeeper.archive.export import copy_query, export_chunk, pin_session
+from vaultkeeper.archive.verify import verify_archive
+from vaultkeeper.config import ArchiveTable, LockPolicy
+from vaultkeeper.crypto import Keyring, generate_master_key, generate_signer
+from vaultkeeper.manifest import trusted_keys
+from vaultkeeper.pipeline import WriteOptions, write_artifact
+from vaultkeeper.snapshot import lock_for
+from vaultkeeper.store.local import LocalStore
+
+#: what ``python -m bench --quick`` passes to :func:`main`
+QUICK_ARGV = ["--target-mib", "40", "--rounds", "1"]
+TARGET = 0.9
+DEFAULT_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+PSQL_CANDIDATES = ("/usr/lib/postgresql/15/bin/psql", "psql")
+
+COPY_PSQL = "COPY psql"
+COPY_PSYCOPG = "COPY psycopg"
+EXPORT = "export"
+EXPORT_ONE = "export (1 connection)"
+EXPORT_L3 = "export (zstd-3)"
+STREAM = "stream only"
+DIGEST = "digest only"
+VERIFY = "verify"
+
+_DDL = """
+CREATE TABLE events (
+    id bigserial NOT NULL,
+    at timestamptz NOT NULL,
+    agent text NOT NULL,
+    kind text NOT NULL,
+    payload jsonb NOT NULL,
+    message text
+) PARTITION BY RANGE (at);
+CREATE TABLE events_2026_01 PARTITION OF events
+    FOR VALUES FROM ('2026-01-01 00:00+00') TO ('2026-02-01 00:00+00');
+CREATE TABLE events_rest PARTITION OF events DEFAULT;
+"""
+
+
+@dataclass
+class Series:
+    name: str
+    seconds: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+@dataclass
+class Bench:
+    dsn: str
+    info: TableInfo
+    chunk: Chunk
+    copy_bytes: int
+    rows: int
+    work: Path
+    psql: str
+    keyring: Keyring = field(default_factory=lambda: Keyring(generate_master_key("bench")))
+    signer: Any = field(default_factory=generate_signer)
+    policy: LockPolicy = field(default_factory=lambda: LockPolicy(retain_days=1))
+    level: int = 1
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.dsn, autocommit=True, prepare_threshold=None)
+
+    def store(self) -> LocalStore:
+        path = Path(tempfile.mkdtemp(prefix="store-", dir=self.work))
+        return LocalStore(path)
+
+    def drop_store(self, store: LocalStore) -> None:
+        shutil.rmtree(store.root, ignore_errors=True)
+
+    # -- measures ------------------------------------------------------------------------
+
+    def copy_psql(self) -> float:
+        query = copy_query(self.info, self.chunk).as_string(None)
+        started = time.perf_counter()
+        subprocess.run(
+            [self.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.dsn, "-c", query],
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
+        return time.perf_counter() - started
+
+    def copy_psycopg(self) -> float:
+        with self.connect() as conn:
+            started = time.perf_counter()
+            n = 0
+            with conn.cursor().copy(copy_query(self.info, self.chunk)) as copy:
+                for data in copy:
+                    n += len(data)
+            seconds = time.perf_counter() - started
+        assert n == self.copy_bytes, (n, self.copy_bytes)
+        return seconds
+
+    def export(self, *, level: int, second: bool) -> tuple[float, dict[str, Any]]:
+        store = self.store()
+        try:
+            with self.connect() as conn:
+                options = WriteOptions(compression_level=level)
+                seconds, exp = timed(
+                    lambda: export_chunk(
+                        conn,
+                        self.info,
+                        self.chunk,
+                        store=store,
+                        store_name="bench",
+                        keyring=self.keyring,
+                        signer=self.signer,
+                        policy=self.policy,
+                        options=options,
+                        source={"name": "bench"},
+                        table_config="bench",
+                        connect_second=self.connect if second else None,
+                    )
+                )
+            assert exp.fingerprint.row_count == self.rows
+            assert exp.body["copy"]["connections"] == (2 if second else 1)
+            extra = {"stored_mib": round(exp.artifact.stored_size / MIB, 2)}
+            if second and level == self.level:
+                extra["verify_seconds"] = self._verify(store, exp.manifest_key)
+            return seconds, extra
+        finally:
+            self.drop_store(store)
+
+    def _verify(self, store: LocalStore, key: str) -> float:
+        seconds, v = timed(
+            lambda: verify_archive(
+                store,
+                key,
+                keyring=self.keyring,
+                trusted=trusted_keys(self.signer.public),
+                policy=self.policy,
+            )
+        )
+        assert v.ok and v.read_back is not None and v.read_back.row_count == self.rows, v
+        return float(seconds)
+
+    def stream_only(self) -> float:
+        store = self.store()
+        try:
+            with self.connect() as conn:
+                started = time.perf_counter()
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                pin_session(conn)
+                with conn.cursor().copy(copy_query(self.info, self.chunk)) as copy:
+                    write_artifact(
+                        _blocks(copy),
+                        artifact="rows",
+                        fmt="postgres-copy-text",
+                        snapshot_id="bench",
+                        store=store,
+                        lock=lock_for(self.policy, _now()),
+                        data_key=_data_key(),
+                        options=WriteOptions(compression_level=self.level),
+                        key_for=lambda _s, a, i: f"stream/{a}/{i:08d}",
+                    )
+                conn.execute("COMMIT")
+                return time.perf_counter() - started
+        finally:
+            self.drop_store(store)
+
+    def digest_only(self) -> float:
+        with self.connect() as conn:
+            cols = [c.name for c in self.info.columns]
+            seconds, fp = timed(lambda: chunk_fingerprint(conn, self.chunk, columns=cols))
+        assert fp.row_count == self.rows
+        return float(seconds)
+
+
+DEFAULT_LEVEL = ArchiveTable.model_fields["compression_level"].default
+
+
+def _blocks(copy: psycopg.Copy, size: int = 8 << 20) -> Any:
+    buf = bytearray()
+    for data in copy:
+        buf += data
+        if len(buf) >= size:
+            yield bytes(buf)
+            buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
+def _now() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)
+
+
+def _data_key() -> Any:
+    from vaultkeeper.crypto import DataKey, new_data_key
+
+    return DataKey(new_data_key(), "bench")
+
+
+def _dsn_for(admin_dsn: str, dbname: str) -> str:
+    parts = psycopg.conninfo.conninfo_to_dict(admin_dsn)
+    parts["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
+
+
+def build(admin_dsn: str, target_mib: float, work: Path, psql: str) -> Bench:
+    """Create the database and fill one partition to about ``target_mib`` of COPY text."""
+    name = f"vk_bench_archive_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = _dsn_for(admin_dsn, name)
+    target = int(target_mib * MIB)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(_DDL)
+        conn.execute("SELECT setseed(0.42)")
+        rows = 0
+        size = 0
+        while size < target:
+            batch = 20_000 if rows == 0 else max(1000, int((target - size) / (size / rows)) + 1)
+            batch = min(batch, 200_000)
+            conn.execute(_EVENTS_INSERT, {"first": rows + 1, "last": rows + batch, "words": _WORDS})
+            rows += batch
+            size = _copy_size(conn)
+        conn.execute("VACUUM (FREEZE, ANALYZE)")
+        conn.execute("CHECKPOINT")
+        info = discover(conn, "public.events")
+    chunk = next(c for c in info.chunks if c.name == "events_2026_01")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM events_2026_01").fetchone()
+        assert row is not None
+        total = int(row[0])
+        with conn.cursor().copy(copy_query(info, chunk)) as copy:  # warm the cache
+            size = sum(len(d) for d in copy)
+    return Bench(dsn, info, chunk, size, total, work, psql)
+
+
+def _copy_size(conn: psycopg.Connection[Any]) -> int:
+    with conn.cursor().copy("COPY events_2026_01 TO STDOUT") as copy:
+        return sum(len(d) for d in copy)
+
+
+def _psql() -> str:
+    for candidate in PSQL_CANDIDATES:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise SystemExit("bench/archive needs psql (postgresql-client-15)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.archive", description=(__doc__ or "").split("\n")[0]
+    )
+    parser.add_argument("--target-mib", type=float, default=64.0, help="COPY text of the chunk")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dsn", default=os.environ.get("VAULTKEEPER_BENCH_PG", DEFAULT_DSN))
+    parser.add_argument(
+        "--level", type=int, default=None, help="zstd level of `export` (default: the table's)"
+    )
+    args = parser.parse_args(argv)
+    level = DEFAULT_LEVEL if args.level is None else args.level
+
+    work = Path(tempfile.mkdtemp(prefix="vk-bench-archive-"))
+    load_before = os.getloadavg()
+    print(f"building a ~{args.target_mib:.0f} MiB chunk ...", file=sys.stderr)
+    bench = build(args.dsn, args.target_mib, work, _psql())
+    bench.level = level
+    try:
+        series = _measure(bench, args.rounds)
+    finally:
+        with psycopg.connect(args.dsn, autocommit=True) as conn:
+            dbname = psycopg.conninfo.conninfo_to_dict(bench.dsn)["dbname"]
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(str(dbname))
+                )
+            )
+        shutil.rmtree(work, ignore_errors=True)
+    load_after = os.getloadavg()
+    return _report(bench, series, args, load_before, load_after)
+
+
+def _measure(bench: Bench, rounds: int) -> dict[str, Series]:
+    series = {n: Series(n) for n in (COPY_PSQL, COPY_PSYCOPG, EXPORT, EXPORT_ONE, EXPORT_L3)}
+    series.update({n: Series(n) for n in (STREAM, DIGEST, VERIFY)})
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        (COPY_PSQL, bench.copy_psql),
+        (COPY_PSYCOPG, bench.copy_psycopg),
+        (EXPORT, lambda: bench.export(level=bench.level, second=True)),
+        (EXPORT_ONE, lambda: bench.export(level=bench.level, second=False)),
+        (EXPORT_L3, lambda: bench.export(level=3, second=True)),
+        (STREAM, bench.stream_only),
+        (DIGEST, bench.digest_only),
+    ]
+    for r in range(rounds):
+        print(f"round {r + 1}/{rounds}", file=sys.stderr)
+        for name, fn in steps:
+            if name == EXPORT_L3 and bench.level == 3:
+                continue
+            out = fn()
+            if isinstance(out, tuple):
+                seconds, extra = out
+                if "verify_seconds" in extra:
+                    series[VERIFY].seconds.append(extra.pop("verify_seconds"))
+                series[name].extra.update(extra)
+            else:
+                seconds = out
+            series[name].seconds.append(float(seconds))
+    return {k: v for k, v in series.items() if v.seconds}
+
+
+def _report(
+    bench: Bench,
+    series: dict[str, Series],
+    args: argparse.Namespace,
+    load_before: tuple[float, float, float],
+    load_after: tuple[float, float, float],
+) -> int:
+    mib = bench.copy_bytes / MIB
+    baselines = {COPY_PSQL: series[COPY_PSQL].median, COPY_PSYCOPG: series[COPY_PSYCOPG].median}
+    table = []
+    measures = []
+    for s in series.values():
+        ratios = {f"vs {b}": round(base / s.median, 3) for b, base in baselines.items()}
+        table.append(
+            [
+                s.name,
+                f"{s.median:.3f}",
+                f"{mib / s.median:.1f}",
+                f"{ratios[f'vs {COPY_PSQL}']:.2f}x",
+                f"{ratios[f'vs {COPY_PSYCOPG}']:.2f}x",
+                s.extra.get("stored_mib", ""),
+            ]
+        )
+        measures.append(
+            {
+                "name": s.name,
+                "median_seconds": round(s.median, 4),
+                "runs_seconds": [round(x, 4) for x in s.seconds],
+                "mib_per_s": round(mib / s.median, 1),
+                "throughput_ratio": ratios,
+                **s.extra,
+            }
+        )
+    export_ratio = {b: round(base / series[EXPORT].median, 3) for b, base in baselines.items()}
+    met = {b: r >= TARGET for b, r in export_ratio.items()}
+    print(
+        f"\nbench/archive: one partition, {bench.rows:,} rows, {mib:.1f} MiB of COPY text, "
+        f"zstd level {bench.level} (table default {DEFAULT_LEVEL}), median of {args.rounds}; "
+        f"load average {load_before[0]:.2f} -> {load_after[0]:.2f}\n"
+    )
+    print(
+        fmt_table(
+            ["measure", "seconds", "MiB/s", "vs psql COPY", "vs psycopg COPY", "stored MiB"],
+            table,
+        )
+    )
+    for b, r in export_ratio.items():
+        verdict = "met" if met[b] else "MISSED"
+        print(f"target export >= {TARGET}x {b}: {r:.2f}x {verdict}")
+    path = write_results(
+        "archive",
+        {
+            "chunk": {
+                "rows": bench.rows,
+                "copy_bytes": bench.copy_bytes,
+                "copy_mib": round(mib, 2),
+                "columns": [c.name for c in bench.info.columns],
+            },
+            "rounds": args.rounds,
+            "compression_level": bench.level,
+            "load_average_before": list(load_before),
+            "load_average_after": list(load_after),
+            "target": {
+                "export_vs_raw_copy": TARGET,
+                "ratio": export_ratio,
+                "met": met,
+            },
+            "measures": measures,
+        },
+    )
+    print(f"results: {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
