@@ -189,3 +189,31 @@ def test_human_output_names_steps_safe_mode_and_the_plan(env: ArchiveEnv) -> Non
 
 def test_safe_mode_flags_are_empty_without_runs(env: ArchiveEnv) -> None:
     assert lifecycle.safe_mode_flags(env.context().config) == {}
+
+
+def test_the_published_plan_schema_embeds_the_planners_own_schema() -> None:
+    from vaultkeeper.archive.plan import PLAN_JSON_SCHEMA
+
+    from .schemas import schema
+
+    own = {k: v for k, v in PLAN_JSON_SCHEMA.items() if k not in ("$schema", "title")}
+    assert schema("archive-plan")["$defs"]["table_plan"] == json.loads(json.dumps(own))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "archive-plan",
+        "archive-run",
+        "archive-verify",
+        "archive-status",
+        "archive-restore",
+        "archive-manifest",
+        "archive-verification",
+    ],
+)
+def test_every_archive_schema_is_a_valid_draft_2020_12_schema(name: str) -> None:
+    from .schemas import schema
+
+    doc = schema(name)
+    assert doc["$schema"].endswith("2020-12/schema") and doc["description"]

@@ -9,8 +9,9 @@ build the tests use) allows, and it costs nothing on a normal server. Connection
   ``ROLLBACK`` in case a previous client of a shared session left a transaction open;
 * carry ``application_name = vaultkeeper archive`` so an operator sees them in
   ``pg_stat_activity``;
-* are retried for a short while when the server refuses them, because a single-session server
-  frees its slot asynchronously after the previous client closed.
+* are retried for a short while (2 s) when the connection itself fails, because a
+  single-session server frees its slot asynchronously after the previous client closed; an
+  answer from the server (wrong password, no such database) is not retried.
 
 Errors become :class:`~vaultkeeper.errors.DatabaseError` naming the server, never the password.
 """
@@ -50,6 +51,8 @@ def connect(target: Target, *, attempts: int = CONNECT_ATTEMPTS) -> psycopg.Conn
             )
         except psycopg.OperationalError as exc:
             last = exc
+            if exc.sqlstate is not None:  # refused by the server itself (auth, no database)
+                break
             if attempt + 1 < attempts:
                 time.sleep(RETRY_SLEEP_S)
             continue

@@ -13,8 +13,9 @@ Order of work in :func:`run`, per table, so that a failure at any point loses no
    (:mod:`vaultkeeper.archive.purge`), only when the table's ``purge_enabled`` is set, the table
    is not in safe mode, and not with ``--dry-run``.
 
-A store failure stops the table (nothing half-done is recorded: an archive without a manifest
-does not exist) and is reported with its exit code; other tables still run. Only ONE database
+A store failure stops exporting for the table (nothing half-done is recorded: an archive
+without a manifest does not exist; chunks already verified may still be purged) and is reported
+with its exit code; other tables still run. Only ONE database
 connection is open at any time (see :mod:`vaultkeeper.archive.db`).
 
 Exit codes (:attr:`RunReport.exit_code`): 10 when a verification failed or a table is in safe
@@ -31,7 +32,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,15 @@ def _qualified(info: TableInfo) -> str:
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@contextlib.contextmanager
+def _db_errors(action: str) -> Iterator[None]:
+    """Any database error not already explained becomes a DatabaseError (exit 5)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise db.db_error(action, exc) from None
 
 
 # ------------------------------------------------------------------ reports
@@ -326,7 +336,7 @@ def plan_tables(
     now = as_of or _utcnow()
     plans = []
     for r in resolve(ctx, table):
-        with db.connect(r.target) as conn:
+        with db.connect(r.target) as conn, _db_errors(f"planning {r.name}"):
             plans.append(_plan_one(conn, r, now)[3])
     return PlanReport(plans)
 
@@ -364,7 +374,8 @@ def run(
             tr = TableRun(r.name, r.cfg.source, r.store_name, r.cfg.purge_enabled)
             report.tables.append(tr)
             try:
-                _run_table(ctx, r, tr, dry_run=dry_run, as_of=as_of, stores=stores)
+                with _db_errors(f"archiving {r.name}"):
+                    _run_table(ctx, r, tr, dry_run=dry_run, as_of=as_of, stores=stores)
             except VaultkeeperError as exc:
                 tr.error = exc
                 log.warning("archive %s: %s", r.name, exc.message)
@@ -858,7 +869,7 @@ def verify(
     report = VerifyReport()
     for r in resolve(ctx, table):
         store = _store(ctx, r, stores)
-        with db.connect(r.target) as conn:
+        with db.connect(r.target) as conn, _db_errors(f"verifying the archives of {r.name}"):
             catalog.install(conn)
             try:
                 info: TableInfo | None = discover(conn, r.cfg.table)
@@ -957,7 +968,7 @@ def status(ctx: Context, table: str | None = None) -> StatusReport:
     for r in resolve(ctx, table):
         ts = TableStatus(r.name, r.cfg.table, r.cfg.source, r.store_name, r.cfg.purge_enabled)
         out.append(ts)
-        with db.connect(r.target) as conn:
+        with db.connect(r.target) as conn, _db_errors(f"reading the status of {r.name}"):
             try:
                 info = discover(conn, r.cfg.table)
                 ts.table, ts.kind, ts.chunks = _qualified(info), info.kind.value, len(info.chunks)
@@ -998,7 +1009,7 @@ def restore(
     store = _store(ctx, r, stores)
     qualified = r.cfg.table
     if "." not in qualified:
-        with db.connect(r.target) as conn:
+        with db.connect(r.target) as conn, _db_errors(f"looking up {qualified}"):
             qualified = _qualified(discover(conn, qualified))
     schema = qualified.rpartition(".")[0]
     if into is None:

@@ -63,7 +63,9 @@ def _render_plan(p: TablePlan) -> str:
     if p.safe_mode_since is not None:
         lines.append(f"  SAFE MODE since {doc['safe_mode_since']}: no purge until a clean verify")
     for c in p.chunks:
-        rng = f"[{c.chunk.to_json()['range_start']}, {c.chunk.to_json()['range_end']})"
+        bounds = c.chunk.to_json()
+        lo, hi = (bounds[k] if bounds[k] is not None else "-" for k in ("range_start", "range_end"))
+        rng = f"[{lo}, {hi})"
         lines.append(f"  {c.action.value:<8} {c.chunk.name:<28} {rng:<56} {c.reason}")
     return "\n".join(lines)
 
