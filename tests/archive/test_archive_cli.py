@@ -217,3 +217,14 @@ def test_every_archive_schema_is_a_valid_draft_2020_12_schema(name: str) -> None
 
     doc = schema(name)
     assert doc["$schema"].endswith("2020-12/schema") and doc["description"]
+
+
+def test_compress_after_on_native_partitions_is_a_reported_no_op(env: ArchiveEnv) -> None:
+    env.set_table(compress_after="14d", purge_enabled=False)
+    report = env.cli_json("archive", "run", "--dry-run")
+    t = report["tables"][0]
+    assert any("no-op on native partitions" in n for n in t["notes"])
+    assert not [s for s in t["steps"] if s["action"] == "compress"]
+    plan = env.cli_json("archive", "plan")
+    reasons = [c["reasons"][0] for c in plan["tables"][0]["chunks"]]
+    assert "compress: no-op on native partitions" in reasons
