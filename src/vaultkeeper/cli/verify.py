@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import click
 
 from vaultkeeper import catalog
 from vaultkeeper.cli.common import context, emit_json, human_bytes, json_option, store_option
-from vaultkeeper.config import LedgerSource
-from vaultkeeper.context import Context
 from vaultkeeper.errors import KeyError_, UsageError, VerifyFailed
-from vaultkeeper.sources import ledger
+from vaultkeeper.ops.verified import ledger_check
 from vaultkeeper.verify import Verifier, VerifyReport
-
-
-def _restic_share(c: Context, body: dict[str, Any], sample: float) -> float:
-    """restic data read by verify: the ledger source's read_data_percent, capped by --sample."""
-    src = c.config.sources.get((body.get("source") or {}).get("name", ""))
-    configured = src.read_data_percent if isinstance(src, LedgerSource) else 10.0
-    return min(configured, sample)
 
 
 @click.command()
@@ -65,7 +55,7 @@ def verify(
         keyring,
         cfg.lock,
         sample_percent=sample,
-        ledger_check=lambda body: ledger.check_snapshot(c, body, _restic_share(c, body, sample)),
+        ledger_check=ledger_check(c, sample),
     )
     ids = catalog.snapshot_ids(store)
     if latest:
