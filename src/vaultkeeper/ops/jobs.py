@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,6 +54,7 @@ from vaultkeeper.errors import (
     VaultkeeperError,
     VerifyFailed,
 )
+from vaultkeeper.interrupt import sigterm_as_interrupt
 from vaultkeeper.manifest import isoformat
 from vaultkeeper.ops.lock import job_lock
 from vaultkeeper.ops.logging import JobLog
@@ -156,7 +156,7 @@ def run_job(ctx: Context, name: str) -> JobOutcome:
         )
         bug: BaseException | None = None
         try:
-            with _sigterm_as_interrupt():
+            with sigterm_as_interrupt():
                 done = HANDLERS[job.kind](ctx, name, job, log)
         except VaultkeeperError as exc:
             done = Done(error=exc)
@@ -209,25 +209,6 @@ def _refusal_logged(log: JobLog) -> Iterator[None]:
     except JobLocked as exc:
         log.event("job.refused", level=logging.WARNING, message=exc.message, error=exc.code)
         raise
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (systemd's stop, cron's ``timeout``) unwinds like Ctrl-C, so the failed run is
-    recorded and everything the job started is cleaned up."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------------- the kinds

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ from vaultkeeper.config import DrillTarget, Probe, format_errors
 from vaultkeeper.context import Context
 from vaultkeeper.crypto import DataKey
 from vaultkeeper.errors import ConfigError, Interrupted, NotFound, Refused, VaultkeeperError
+from vaultkeeper.interrupt import sigterm_as_interrupt
 from vaultkeeper.manifest import isoformat, parse_time
 from vaultkeeper.pipeline import ArtifactRecord
 from vaultkeeper.restore.scratch import scratch_cluster
@@ -118,24 +118,6 @@ class DrillSummary:
         }
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so cleanup runs for a drill stopped by systemd or a CI."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 @dataclass
 class Drill:
     ctx: Context
@@ -174,7 +156,7 @@ class Drill:
             ("hooks_after_restore", lambda s: self._hooks(self.target.hooks.after_restore)),
             ("probes", self._probes),
         ]
-        with _sigterm_as_interrupt(), ExitStack() as stack:
+        with sigterm_as_interrupt(), ExitStack() as stack:
             try:
                 base = Path(tempfile.mkdtemp(prefix="vk-drill-", dir=self.target.workdir))
                 base.chmod(0o711)  # a scratch cluster inside runs as another user
