@@ -8,6 +8,8 @@ The scratch cluster is stopped afterwards; the store, keys and config stay for e
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -125,14 +127,36 @@ sources:
   demo-db:
     type: postgres
     dsn: "{dsn}"
+  demo-ledgers:
+    type: ledger
+    paths: [ledgers]
+    restic_password: {{file: restic.pw}}
 jobs:
   demo-nightly:
     kind: backup-postgres
     source: demo-db
     store: local
     schedule: "*-*-* 02:00:00"
+  demo-ledgers-hourly:
+    kind: backup-ledger
+    source: demo-ledgers
+    store: local
+    schedule: hourly
 objectives:
   demo-db: {{rpo: 24h, rto: 15m}}
+targets:
+  staging:
+    postgres: {{provision: scratch, sources: [demo-db]}}
+    audit: {{source: demo-db}}
+    ledgers: {{source: demo-ledgers}}
+    outbox:
+      source: demo-db
+      table: public.outbox
+      decisions: {{table: public.decisions, key: id}}
+      sink: {{type: jsonl, path: state/search-index.jsonl}}
+    probes:
+      - {{name: decisions-restored, type: sql, source: demo-db,
+         query: "SELECT count(*) FROM decisions", expect: "300"}}
 """
 
 
@@ -155,24 +179,35 @@ def main() -> None:
     (root / "state").mkdir(exist_ok=True)
     config = root / "continuity.yml"
     print("vaultkeeper demo: scratch PostgreSQL + local WORM store + fresh keys in", root)
+    password = root / "restic.pw"
+    if not password.exists():
+        password.write_text(os.urandom(16).hex() + "\n")
+        password.chmod(0o600)
+    ledgers = root / "ledgers"
+    shutil.rmtree(ledgers, ignore_errors=True)
     with scratch_cluster() as cluster:
         src = cluster.create_database("demo")
         print(
-            f"- scratch cluster on port {cluster.port}; loading sample rows "
-            "(pgbench, jsonb events, schema_migrations)"
+            f"- scratch cluster on port {cluster.port}; loading the demo application: sample "
+            "rows (pgbench, jsonb events), schema_migrations, an audit log, current decisions, "
+            "an outbox with 40 undelivered entries, and two hash-chained ledgers"
         )
-        fill_sample_data(src, events=50_000, pgbench_scale=2)
+        build_app_stack(src, ledgers)
         config.write_text(DEMO_CONFIG.format(dsn=src))
         if not (root / "keys" / "master.key").exists():
             _step("keys", ["keys", "generate", "--dir", str(root / "keys")], config)
         _step("backup", ["backup", "postgres", "--job", "demo-nightly"], config)
         _step("verify", ["verify", "--latest"], config)
+        _step("backup ledgers", ["backup", "ledger", "--job", "demo-ledgers-hourly"], config)
+        _step("verify ledgers", ["verify", "--latest"], config)
         _step("list", ["snapshots", "list"], config)
         target = cluster.create_database("demo_restored")
         _step("restore", ["restore", "postgres", "latest", "--into", target], config)
+    summary = root / "drill-summary.json"
+    _step("drill", ["drill", "restore", "--target", "staging", "--json-out", str(summary)], config)
     print(
-        f"\ndemo finished: every step passed. Explore with: vaultkeeper --config {config} "
-        "snapshots list"
+        f"\ndemo finished: every step passed; the drill's JSON verdict is in {summary}.\n"
+        f"Explore with: vaultkeeper --config {config} snapshots list"
     )
 
 

@@ -48,5 +48,5 @@ def ledger_(ctx: click.Context, job: str, as_json: bool) -> int:
     )
     for c in result.chains:
         head = c["head"]["seq"] if c["head"] else "-"
-        click.echo(f"  {c['directory']}/{c['chain']}: {c['verdict']} head {head}")
+        click.echo(f"  /{c['directory']}/{c['chain']}: {c['verdict']} head {head}")
     return 0
