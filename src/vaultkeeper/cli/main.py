@@ -7,6 +7,7 @@ them into a message (JSON when ``--json`` was given) and the documented exit cod
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from typing import Any
@@ -16,8 +17,41 @@ import click
 from vaultkeeper import __version__
 from vaultkeeper.errors import Interrupted, VaultkeeperError
 
+#: command name -> (module, attribute); imported only when that command runs (or for --help),
+#: so `vaultkeeper verify` does not pay for the drill's, the archive's or the audit's imports.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "keys": ("vaultkeeper.cli.keys", "keys"),
+    "backup": ("vaultkeeper.cli.backup", "backup"),
+    "snapshots": ("vaultkeeper.cli.snapshots", "snapshots"),
+    "verify": ("vaultkeeper.cli.verify", "verify"),
+    "restore": ("vaultkeeper.cli.restore", "restore"),
+    "drill": ("vaultkeeper.cli.drill", "drill"),
+    "ledger": ("vaultkeeper.cli.ledger", "ledger"),
+    "audit": ("vaultkeeper.cli.audit", "audit"),
+    "archive": ("vaultkeeper.cli.archive", "archive"),
+    "outbox": ("vaultkeeper.cli.outbox", "outbox"),
+    "run": ("vaultkeeper.cli.ops", "run"),
+    "schedule": ("vaultkeeper.cli.ops", "schedule"),
+    "expire": ("vaultkeeper.cli.ops", "expire_cmd"),
+    "copy": ("vaultkeeper.cli.ops", "copy_cmd"),
+    "status": ("vaultkeeper.cli.ops", "status_cmd"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = _COMMANDS.get(cmd_name)
+        if where is None:
+            return None
+        command = getattr(importlib.import_module(where[0]), where[1])
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vaultkeeper")
 @click.option(
     "--config",
@@ -32,40 +66,6 @@ from vaultkeeper.errors import Interrupted, VaultkeeperError
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """Immutable, verified backups of PostgreSQL and ledgers, and restore drills that prove them."""
     ctx.obj = {"config_path": config_path}
-
-
-def _register() -> None:
-    from vaultkeeper.cli import (
-        archive,
-        audit,
-        backup,
-        drill,
-        keys,
-        ledger,
-        ops,
-        outbox,
-        restore,
-        snapshots,
-        verify,
-    )
-
-    for command in (
-        keys.keys,
-        backup.backup,
-        snapshots.snapshots,
-        verify.verify,
-        restore.restore,
-        drill.drill,
-        ledger.ledger,
-        audit.audit,
-        archive.archive,
-        outbox.outbox,
-        *ops.COMMANDS,
-    ):
-        cli.add_command(command)
-
-
-_register()
 
 
 def _wants_json(argv: list[str]) -> bool:

@@ -356,4 +356,5 @@ def _objective(seconds: float | None, met: bool | None) -> str:
     return f"{'met' if met else 'BREACHED'} (<= {_age(seconds)})"
 
 
+#: wired into the top-level group by vaultkeeper.cli.main (lazily, by name)
 COMMANDS: list[click.Command] = [run, schedule, expire_cmd, copy_cmd, status_cmd]
