@@ -214,10 +214,18 @@ def write_artifact(
 
 
 def open_part(
-    record: PartRecord, artifact: str, blob: bytes, data_key: DataKey, local: _Local
+    record: PartRecord,
+    artifact: str,
+    blob: bytes,
+    data_key: DataKey,
+    local: _Local,
+    stored_checked: bool = False,
 ) -> bytes:
-    """Decrypt, decompress and check one part; IntegrityError names the part on any mismatch."""
-    if b3hex(blob) != record.stored_blake3:
+    """Decrypt, decompress and check one part; IntegrityError names the part on any mismatch.
+
+    ``stored_checked``: the caller already compared the stored bytes' blake3 (not hashed twice).
+    """
+    if not stored_checked and b3hex(blob) != record.stored_blake3:
         raise IntegrityError(
             f"part {record.key}: stored bytes do not match their blake3 in the manifest",
             key=record.key,

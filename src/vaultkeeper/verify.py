@@ -346,7 +346,7 @@ class Verifier:
                     len(blob),
                 )
             try:
-                plain = open_part(part, art.name, blob, data_key, local)
+                plain = open_part(part, art.name, blob, data_key, local, stored_checked=True)
             except IntegrityError as exc:
                 return (
                     part,
