@@ -12,9 +12,13 @@ from vkenv import Env, base_config, run_cli
 
 
 def leftovers(workdir: Path) -> list[str]:
-    """Temp dirs and postgres processes a drill left behind (must be none)."""
+    """Temp dirs and processes (postgres, pg_restore) a drill in ``workdir`` left behind.
+
+    Only processes whose command line names ``workdir`` count, so a drill run elsewhere on the
+    machine at the same time (another test, a benchmark) is not mistaken for a leftover.
+    """
     found = [str(p) for p in workdir.glob("vk-drill-*")]
-    ps = subprocess.run(["pgrep", "-af", "vk-drill-"], capture_output=True, text=True)
+    ps = subprocess.run(["pgrep", "-af", str(workdir)], capture_output=True, text=True)
     found += [line for line in ps.stdout.splitlines() if "pgrep" not in line]
     return found
 
