@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
 from vaultkeeper import catalog
 from vaultkeeper.cli.common import context, emit_json, human_bytes, json_option, store_option
-from vaultkeeper.errors import KeyError_, UsageError, VerifyFailed
-from vaultkeeper.ops.verified import ledger_check
+from vaultkeeper.context import Context
+from vaultkeeper.errors import KeyError_, NotFound, UsageError, VerifyFailed
+from vaultkeeper.ops.verified import ledger_check, record_report
 from vaultkeeper.verify import Verifier, VerifyReport
 
 
@@ -36,7 +38,11 @@ def verify(
     store_name: str | None,
     as_json: bool,
 ) -> int:
-    """Verify snapshots without changing anything. Exit 10 when anything is wrong."""
+    """Verify snapshots without changing anything. Exit 10 when anything is wrong.
+
+    The store and the databases are only read. With the master key, the result is also appended
+    to <state_dir>/verify-history.jsonl on this host, which is what `status` reads.
+    """
     if sum([snapshot_id is not None, latest, all_]) != 1:
         raise UsageError("give exactly one of SNAPSHOT_ID, --latest or --all")
     c = context(ctx)
@@ -67,6 +73,8 @@ def verify(
     started = time.monotonic()
     report = VerifyReport(name, [verifier.snapshot(sid) for sid in ids])
     report.seconds = time.monotonic() - started
+    if keyring is not None:  # a full check counts for `status`; a structure-only one does not
+        _record(c, report, ids, sample, quiet=as_json)
     if as_json:
         emit_json(report.to_json())
     else:
@@ -81,3 +89,28 @@ def verify(
         if not report.snapshots:
             click.echo(f"no snapshots in {name}")
     return 0 if report.ok else VerifyFailed.exit_code
+
+
+def _record(c: Context, report: VerifyReport, ids: list[str], sample: float, quiet: bool) -> None:
+    """Append the result to <state_dir>/verify-history.jsonl (what `status` reads).
+
+    Bookkeeping on this host only: nothing in the store or a database changes. A state dir that
+    cannot be written (a read-only auditor's host) costs a warning, never the verdict.
+    """
+    _, _, store = c.store(report.store)
+    manifests: dict[str, dict[str, Any]] = {}
+    for sid in ids:
+        try:
+            entry = catalog.load(store, sid, c.trusted)
+        except NotFound:
+            continue
+        if entry.manifest is not None:
+            manifests[sid] = entry.manifest.body
+    try:
+        record_report(c, report, manifests, sample_percent=sample)
+    except OSError as exc:
+        if not quiet:
+            click.echo(
+                f"warning: verify history not recorded in {c.config.state_dir}: {exc.strerror}",
+                err=True,
+            )

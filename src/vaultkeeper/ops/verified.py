@@ -272,9 +272,23 @@ def verify_and_record(
         if on_snapshot is not None:
             on_snapshot(sid, snap.ok)
     report = VerifyReport(name, reports, seconds=time.monotonic() - started)
+    record_report(ctx, report, meta, sample_percent=sample_percent, job=job, reason=reason)
+    return report
+
+
+def record_report(
+    ctx: Context,
+    report: VerifyReport,
+    manifests: dict[str, dict[str, Any]],
+    *,
+    sample_percent: float,
+    job: str | None = None,
+    reason: Reason = "verify",
+) -> None:
+    """Append a finished verification to the history (``manifests``: body by snapshot id)."""
     checks = []
-    for snap in reports:
-        body = meta.get(snap.snapshot_id, {})
+    for snap in report.snapshots:
+        body = manifests.get(snap.snapshot_id, {})
         created = body.get("created_at")
         checks.append(
             SnapshotCheck(
@@ -290,14 +304,13 @@ def verify_and_record(
         ctx.config.state_dir,
         VerifyRun(
             at=datetime.now(UTC),
-            store=name,
+            store=report.store,
             job=job,
             reason=reason,
             sample_percent=sample_percent,
             checks=tuple(checks),
         ),
     )
-    return report
 
 
 def error_count(report: VerifyReport) -> int:
