@@ -10,9 +10,11 @@ from vaultkeeper.errors import NotFound, ObjectNotFound
 from vaultkeeper.manifest import (
     MalformedManifest,
     SignedManifest,
+    isoformat,
     manifest_key,
     parse,
     snapshot_id_from_manifest_key,
+    snapshot_time,
 )
 from vaultkeeper.store.base import ObjectStore
 
@@ -67,7 +69,21 @@ def load(store: ObjectStore, snapshot_id: str, trusted: dict[str, Ed25519PublicK
 
 
 def entries(store: ObjectStore, trusted: dict[str, Ed25519PublicKey]) -> list[Entry]:
-    return [load(store, sid, trusted) for sid in snapshot_ids(store)]
+    """Every committed snapshot, oldest first: by the manifest's created_at (microseconds), so
+    two snapshots taken within the same second still order by time, then by id."""
+    found = [load(store, sid, trusted) for sid in snapshot_ids(store)]
+    return sorted(found, key=lambda e: (_created(e), e.snapshot_id))
+
+
+def _created(entry: Entry) -> str:
+    """created_at as ISO text; the id's own timestamp when the manifest does not say."""
+    value = entry.manifest.body.get("created_at") if entry.manifest is not None else None
+    if isinstance(value, str):
+        return value
+    try:
+        return isoformat(snapshot_time(entry.snapshot_id))
+    except ValueError:
+        return ""
 
 
 def latest_valid(

@@ -100,7 +100,7 @@ def test_drill_fails_at_fingerprints_when_the_dump_data_was_tampered(drill_env) 
     writer = SnapshotWriter(store, "primary", ctx.keyring, ctx.signer, cfg.lock, "postgres", None)
     writer.add("pg_dump", art.format, iter([forged]))
     writer.commit(body["source"], {"postgres": body["postgres"]})
-    doc = _drill(drill_env, 14)
+    doc = _drill(drill_env, 14, "--snapshot", writer.snapshot_id)
     assert doc["snapshots"]["postgres"]["appdb"] == writer.snapshot_id
     assert doc["failed_step"] == "fingerprints"
     assert doc["mismatch_counts"]["fingerprints"] == 1
