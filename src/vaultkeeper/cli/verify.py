@@ -63,7 +63,7 @@ def verify(
         sample_percent=sample,
         ledger_check=ledger_check(c, sample),
     )
-    ids = catalog.snapshot_ids(store)
+    ids = [e.snapshot_id for e in catalog.entries(store, c.trusted)]  # oldest first, by time
     if latest:
         if not ids:
             raise VerifyFailed(f"no snapshots in {name} ({store.url})")
