@@ -285,6 +285,20 @@ class DrillTarget(_Model):
     #: where drill scratch clusters and temp dirs are created (default: the system temp dir)
     workdir: Path | None = None
 
+    def outbox_config(self) -> tuple[str, Any] | None:
+        """(restored source holding the outbox, its OutboxConfig), or None without an outbox.
+
+        The models live with the replayer (vaultkeeper.restore.outbox), imported only here.
+        Raises pydantic's ValidationError for a bad section (the loader reports it).
+        """
+        if self.outbox is None:
+            return None
+        from vaultkeeper.restore.outbox import OutboxConfig
+
+        raw = dict(self.outbox)
+        source = raw.pop("source", None)
+        return str(source or ""), OutboxConfig.model_validate(raw)
+
 
 class AuditLogConfig(_Model):
     """Where vaultkeeper writes its own destructive acts (expire, purge, restore --force)."""
@@ -424,14 +438,11 @@ class Config(_Model):
 
 def _check_outbox(name: str, target: DrillTarget) -> None:
     """Validate a drill target's outbox section at load time (its models live with the replayer)."""
-    from vaultkeeper.restore.outbox import OutboxConfig
-
-    raw = dict(target.outbox or {})
-    source = raw.pop("source", None)
+    source = (target.outbox or {}).get("source")
     if source is None or target.postgres is None or source not in target.postgres.sources:
         raise ValueError(f"targets.{name}.outbox.source must name one of postgres.sources")
     try:
-        OutboxConfig.model_validate(raw)
+        target.outbox_config()
     except ValidationError as exc:
         problems = "; ".join(
             f"targets.{name}.outbox.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"

@@ -6,8 +6,6 @@ make the sink mirror the current decisions, using the outbox section of a drill 
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from vaultkeeper.cli.common import context, emit_json, json_option
@@ -23,11 +21,11 @@ def outbox() -> None:
 
 
 def _setup(ctx: click.Context, target: str, dsn: str) -> tuple[OutboxConfig, Target]:
-    cfg = context(ctx).config.target(target)
-    if cfg.outbox is None:
+    found = context(ctx).config.target(target).outbox_config()
+    if found is None:
         raise ConfigError(f"targets.{target} has no outbox section")
-    raw: dict[str, Any] = {k: v for k, v in cfg.outbox.items() if k != "source"}
-    return OutboxConfig.model_validate(raw), Target.parse(dsn)
+    cfg: OutboxConfig = found[1]
+    return cfg, Target.parse(dsn)
 
 
 @outbox.command("replay")

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from pydantic import ValidationError
 
 from vaultkeeper import __version__, catalog
-from vaultkeeper.config import DrillTarget, Probe, format_errors
+from vaultkeeper.config import DrillTarget, Probe
 from vaultkeeper.context import Context
 from vaultkeeper.crypto import DataKey
 from vaultkeeper.errors import ConfigError, Interrupted, NotFound, Refused, VaultkeeperError
@@ -427,24 +426,10 @@ class Drill:
         return doc
 
     def _outbox_cfg(self) -> tuple[Any, postgres.Target] | None:
-        if self.target.outbox is None:
+        found = self.target.outbox_config()  # validated when the config was loaded
+        if found is None:
             return None
-        from vaultkeeper.restore.outbox import OutboxConfig
-
-        raw = dict(self.target.outbox)
-        source = raw.pop("source", None)
-        if source not in self.databases:
-            raise ConfigError(
-                f"targets.{self.target_name}.outbox.source must name a restored postgres source"
-            )
-        try:
-            cfg = OutboxConfig.model_validate(raw)
-        except ValidationError as exc:
-            raise ConfigError(
-                format_errors(
-                    self.ctx.config.path, exc, prefix=f"targets.{self.target_name}.outbox"
-                )
-            ) from None
+        source, cfg = found
         return cfg, self.databases[source]
 
     def _outbox_replay(self, stack: ExitStack) -> dict[str, Any]:
