@@ -86,16 +86,20 @@ def chunk_fingerprint(
     target: Target,
     *,
     columns: Sequence[str] | None = None,
+    only: bool = False,
 ) -> Fingerprint:
     """Fingerprint the rows of a relation, a discovered chunk, or a key range of a table.
 
     ``target`` is a relation name (``schema.name``, resolved by ``search_path`` when bare), a
     :class:`Chunk`, a :class:`RowRange`, or a ``(table, start, end)`` tuple. Rows of child
-    relations are included (a TimescaleDB chunk's compressed rows, sub-partitions).
+    relations are included (a TimescaleDB chunk's compressed rows, sub-partitions) unless
+    ``only`` is set: then just the relation's own rows, which is what ``COPY table TO`` and
+    pg_dump export.
 
-    ``columns`` fixes which columns are hashed, in which order; by default all columns of the
-    relation (for a range: of the table) in table order. Pass the parent table's column list
-    when comparing a native partition whose physical column order may differ.
+    ``columns`` fixes which columns are hashed, in which order; by default the columns of the
+    relation (for a range: of the table) that COPY exports, in table order (stored generated
+    columns are left out, as COPY and pg_dump leave them out). Pass the parent table's column
+    list when comparing a native partition whose physical column order may differ.
 
     Runs in one transaction (a savepoint when the caller already has one), so the count and
     the digest describe the same snapshot; inside the caller's REPEATABLE READ transaction it
@@ -112,7 +116,7 @@ def chunk_fingerprint(
         else:
             schema, name = _resolve(conn, target)
             key = None
-        cols = list(columns) if columns is not None else _column_names(conn, schema, name)
+        cols = list(columns) if columns is not None else column_names(conn, schema, name)
         if not cols:
             raise ValueError(f"{schema}.{name} has no columns to fingerprint")
 
@@ -121,8 +125,8 @@ def chunk_fingerprint(
         if isinstance(target, RowRange):
             bounds = (target.start is not None, target.end is not None)
             params = [v for v in (target.start, target.end) if v is not None]
-        query = fingerprint_sql(schema, name, cols, key_column=key, bounds=bounds)
-        with _pinned_settings(conn):
+        query = fingerprint_sql(schema, name, cols, key_column=key, bounds=bounds, only=only)
+        with pinned_settings(conn):
             row = conn.execute(query, params).fetchone()
     assert row is not None
     return Fingerprint(int(row[0]), f"{DIGEST_ALGORITHM}:{int(row[1]) % _MOD:016x}")
@@ -135,6 +139,7 @@ def fingerprint_sql(
     *,
     key_column: str | None = None,
     bounds: tuple[bool, bool] = (False, False),
+    only: bool = False,
 ) -> sql.Composed:
     """The fingerprint query: one row ``(count, sum)``; ``%s`` parameters for the bounds in
     ``bounds`` (lower ``key >= %s``, upper ``key < %s``). Run it through
@@ -147,8 +152,11 @@ def fingerprint_sql(
             where.append(sql.SQL("{} >= %s").format(sql.Identifier(key_column)))
         if bounds[1]:
             where.append(sql.SQL("{} < %s").format(sql.Identifier(key_column)))
-    return sql.SQL("SELECT count(*)::int8, coalesce(sum({h}), 0)::text FROM {rel} {where}").format(
+    return sql.SQL(
+        "SELECT count(*)::int8, coalesce(sum({h}), 0)::text FROM {only}{rel} {where}"
+    ).format(
         h=row_hash_sql(columns),
+        only=sql.SQL("ONLY " if only else ""),
         rel=sql.Identifier(schema, name),
         where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
     )
@@ -195,7 +203,7 @@ def range_fingerprints(
         [r[0] for r in ranges],
         [r[1] for r in ranges],
     ]
-    with conn.transaction(), _pinned_settings(conn):
+    with conn.transaction(), pinned_settings(conn):
         rows = conn.execute(query, params).fetchall()
         total = conn.execute(sql.SQL("SELECT count(*)::int8 FROM {}").format(rel)).fetchone()
     assert total is not None
@@ -223,7 +231,7 @@ def combine(fingerprints: Sequence[Fingerprint]) -> Fingerprint:
 
 
 @contextmanager
-def _pinned_settings(conn: psycopg.Connection[Any]) -> Iterator[None]:
+def pinned_settings(conn: psycopg.Connection[Any]) -> Iterator[None]:
     """Set :data:`PINNED_SETTINGS` transaction-locally; put the previous values back after.
 
     Must run inside a transaction. If the body fails, the enclosing savepoint's rollback
@@ -260,10 +268,11 @@ def _resolve(conn: psycopg.Connection[Any], relation: str) -> tuple[str, str]:
     return str(row[0]), str(row[1])
 
 
-def _column_names(conn: psycopg.Connection[Any], schema: str, name: str) -> list[str]:
+def column_names(conn: psycopg.Connection[Any], schema: str, name: str) -> list[str]:
+    """The columns ``COPY schema.name TO`` exports, in table order: not dropped, not generated."""
     rows = conn.execute(
         "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass"
-        " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        " AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
         [f"{_q(schema)}.{_q(name)}"],
     ).fetchall()
     return [str(r[0]) for r in rows]
@@ -280,8 +289,10 @@ __all__ = [
     "RowRange",
     "Target",
     "chunk_fingerprint",
+    "column_names",
     "combine",
     "fingerprint_sql",
+    "pinned_settings",
     "range_fingerprints",
     "row_hash_sql",
 ]

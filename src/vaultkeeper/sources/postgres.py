@@ -1,18 +1,25 @@
 """PostgreSQL as a snapshot source: pg_dump through the pipeline, fingerprints, pg_restore back.
 
 Consistency: one connection opens a REPEATABLE READ transaction and exports its snapshot;
-pg_dump runs with ``--snapshot`` on that exact snapshot while the same transaction computes the
-per-table fingerprints (row count + order-independent server-side digest). The fingerprints in
-the manifest therefore describe precisely the rows inside the dump, and a restore is checked
-against them.
+pg_dump runs with ``--snapshot`` on that exact snapshot. The per-table fingerprints (row count
++ the order-independent ``md5sum64-v1`` digest) are computed from the table data in the dump
+stream itself (:mod:`vaultkeeper.sources.dumpscan`, C), so the server scans each table once;
+where that is not possible (no C extension, server older than 12, an archive layout it does
+not know) the same transaction asks the server for the same values. Either way the manifest's
+fingerprints describe precisely the rows inside the dump, and ``fingerprint_source`` says which
+way they were taken. After a restore they are compared with the restored tables, read back from
+the database (:func:`current_fingerprints`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +28,13 @@ import psycopg
 from psycopg import sql
 
 from vaultkeeper import dsn as dsn_mod
-from vaultkeeper.archive.digest import DIGEST_ALGORITHM, chunk_fingerprint
+from vaultkeeper.archive import copytext
+from vaultkeeper.archive.digest import (
+    DIGEST_ALGORITHM,
+    PINNED_SETTINGS,
+    Fingerprint,
+    chunk_fingerprint,
+)
 from vaultkeeper.crypto import DataKey
 from vaultkeeper.errors import (
     DatabaseError,
@@ -32,7 +45,10 @@ from vaultkeeper.errors import (
 )
 from vaultkeeper.pipeline import ArtifactRecord, Progress, read_artifact, read_chunks
 from vaultkeeper.runner import find_program, run, stream
+from vaultkeeper.sources.dumpscan import DumpDigests, DumpFormatError, digesting
 from vaultkeeper.store.base import ObjectStore
+
+log = logging.getLogger("vaultkeeper.sources.postgres")
 
 ARTIFACT = "pg_dump"
 FORMAT = "pg_dump-custom"
@@ -167,18 +183,48 @@ def fingerprints(
 ) -> list[dict[str, Any]]:
     """Row count (and, for mode full, the order-independent digest of
     :mod:`vaultkeeper.archive.digest`, with the session settings that shape text forms pinned,
-    so source and restored copy agree whatever their TimeZone or DateStyle)."""
-    out = []
+    so source and restored copy agree whatever their TimeZone or DateStyle), computed by the
+    server over each table's own rows (no child tables: what pg_dump dumps)."""
+    return [_table_fingerprint(conn, schema, table, mode) for schema, table in tables]
+
+
+def _table_fingerprint(
+    conn: psycopg.Connection[Any], schema: str, table: str, mode: str, *, via_copy: bool = False
+) -> dict[str, Any]:
+    rel = sql.Identifier(schema, table)
+    digest: str | None
+    if mode == "counts":
+        row = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(rel)).fetchone()
+        assert row is not None
+        rows, digest = int(row[0]), None
+    elif via_copy:
+        rows, digest = copytext.copy_fingerprint(conn, schema, table)
+    else:
+        rows, digest = chunk_fingerprint(conn, rel.as_string(conn), only=True)
+    return {"schema": schema, "table": table, "rows": rows, "digest": digest}
+
+
+def _from_stream(
+    found: dict[tuple[str, str], Fingerprint], tables: list[tuple[str, str]], mode: str
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Table entries from the dump stream's fingerprints, and the tables it had no data for."""
+    out, missing = [], []
     for schema, table in tables:
-        rel = sql.Identifier(schema, table)
-        if mode == "counts":
-            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel)).fetchone()
-            assert row is not None
-            rows, digest = int(row[0]), None
-        else:
-            rows, digest = chunk_fingerprint(conn, rel.as_string(conn))
-        out.append({"schema": schema, "table": table, "rows": rows, "digest": digest})
-    return out
+        fp = found.get((schema, table))
+        if fp is None:
+            missing.append((schema, table))
+            continue
+        digest = fp.digest if mode == "full" else None
+        out.append({"schema": schema, "table": table, "rows": fp.row_count, "digest": digest})
+    return out, missing
+
+
+def _pg_dump_options() -> str:
+    """PGOPTIONS for pg_dump: the pinned text settings, so its COPY text is the text the
+    digest is defined on (added to any PGOPTIONS of the environment)."""
+    pinned = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in PINNED_SETTINGS.items())
+    own = os.environ.get("PGOPTIONS", "").strip()
+    return f"{own} {pinned}" if own else pinned
 
 
 def audit_head(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any] | None:
@@ -264,32 +310,45 @@ def dump(
             f"--dbname={target.dsn}",
         ] + [f"--exclude-table={t}" for t in exclude]
 
+        # Fingerprints from the dump stream when possible (one scan); else the server's.
+        digests = DumpDigests() if fingerprint_mode != "off" and major >= 12 else None
+        server_side = fingerprint_mode != "off" and (digests is None or digests.error is not None)
         fp: dict[str, Any] = {}
         fp_error: list[BaseException] = []
 
         def take_fingerprints() -> None:
             try:
-                tables = user_tables(conn, exclude)
-                fp["tables"] = (
-                    []
-                    if fingerprint_mode == "off"
-                    else fingerprints(conn, tables, fingerprint_mode)
-                )
+                fp["list"] = tables = user_tables(conn, exclude)
+                fp["tables"] = fingerprints(conn, tables, fingerprint_mode) if server_side else []
                 fp["migrations"] = migrations_head(conn, migrations_table)
                 fp["audit"] = audit_head(conn, audit_schema) if audit_schema else None
             except BaseException as exc:  # reported after the dump, with context
                 fp_error.append(exc)
 
+        env = dict(target.env)
+        if digests is not None and not server_side:
+            env["PGOPTIONS"] = _pg_dump_options()
         worker = threading.Thread(target=take_fingerprints, name="vk-fingerprints", daemon=True)
         worker.start()
         try:
-            with stream(argv, env=target.env, secrets=target.secrets) as proc:
-                artifact = write(read_chunks(proc.stdout, chunk_size))
+            with stream(argv, env=env, secrets=target.secrets) as proc:
+                chunks = read_chunks(proc.stdout, chunk_size)
+                if digests is not None and not server_side:
+                    chunks = digesting(chunks, digests)
+                artifact = write(chunks)
         finally:
             worker.join()
         if fp_error:
             cause = fp_error[0]
             raise DatabaseError(f"fingerprinting failed: {_first_line(cause)}") from cause
+        source_of_fp = None if fingerprint_mode == "off" else "server"
+        if digests is not None and not server_side:
+            tables = fp["list"]
+            fp["tables"], missing = _stream_or_server(conn, digests, tables, fingerprint_mode)
+            if not missing:
+                source_of_fp = "pg_dump-stream"
+            elif len(missing) < len(tables):
+                source_of_fp = "pg_dump-stream+server"
         try:
             conn.execute("COMMIT")
         except psycopg.Error as exc:
@@ -302,6 +361,7 @@ def dump(
             "exported_snapshot": snapshot,
             "fingerprint_method": None if fingerprint_mode == "off" else FINGERPRINT_METHOD,
             "fingerprint_mode": fingerprint_mode,
+            "fingerprint_source": source_of_fp,
             "tables": fp["tables"],
             "schema_migrations": fp["migrations"],
             "audit_head": fp["audit"],
@@ -309,6 +369,31 @@ def dump(
         },
         artifact=artifact,
     )
+
+
+def _stream_or_server(
+    conn: psycopg.Connection[Any],
+    digests: DumpDigests,
+    tables: list[tuple[str, str]],
+    mode: str,
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """The tables' fingerprints from the dump stream; any the stream could not give (it could
+    not be read, or held no data block for a table) are asked of the server, still inside the
+    exported snapshot's transaction. Returns them in ``tables`` order, and those asked."""
+    try:
+        found = digests.fingerprints()
+    except DumpFormatError as exc:
+        log.warning("fingerprints taken by the server: the dump stream was not readable (%s)", exc)
+        found = {}
+    entries, missing = _from_stream(found, tables, mode)
+    if missing:
+        try:
+            entries += fingerprints(conn, missing, mode)
+        except psycopg.Error as exc:
+            raise DatabaseError(f"fingerprinting failed: {_first_line(exc)}") from None
+        order = {t: i for i, t in enumerate(tables)}
+        entries.sort(key=lambda e: order[(e["schema"], e["table"])])
+    return entries, missing
 
 
 # ----------------------------------------------------------------- restore
@@ -405,6 +490,45 @@ def compare(
     return out
 
 
-def current_fingerprints(target: Target, mode: str, exclude: list[str]) -> list[dict[str, Any]]:
+def current_fingerprints(
+    target: Target, mode: str, exclude: list[str], *, jobs: int = 1
+) -> list[dict[str, Any]]:
+    """The fingerprints of the tables in ``target`` now, to compare with a manifest's.
+
+    Digests are read back with ``COPY`` and hashed here when the C digest is built (the server
+    renders each row once and does not hash: about half its work), else the server computes
+    them; same values either way. ``jobs`` connections work in parallel, largest tables first.
+    Meant for a database nobody writes to (a restore just made): tables are not read in one
+    snapshot when ``jobs`` > 1.
+    """
+    via_copy = mode == "full" and copytext.NATIVE
     with target.connect() as conn:
-        return fingerprints(conn, user_tables(conn, exclude), mode)
+        tables = user_tables(conn, exclude)
+        if jobs <= 1 or len(tables) <= 1:
+            return [_table_fingerprint(conn, s, t, mode, via_copy=via_copy) for s, t in tables]
+        sizes = dict(
+            ((r[0], r[1]), int(r[2]))
+            for r in conn.execute(
+                "SELECT n.nspname, c.relname, pg_relation_size(c.oid) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r'"
+            ).fetchall()
+        )
+    pending = sorted(tables, key=lambda t: -sizes.get(t, 0))
+    lock = threading.Lock()
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def work() -> None:
+        with target.connect() as conn:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    schema, table = pending.pop(0)
+                results[(schema, table)] = _table_fingerprint(
+                    conn, schema, table, mode, via_copy=via_copy
+                )
+
+    with ThreadPoolExecutor(max_workers=min(jobs, len(tables))) as pool:
+        for future in [pool.submit(work) for _ in range(min(jobs, len(tables)))]:
+            future.result()
+    return [results[t] for t in tables]
