@@ -111,31 +111,166 @@ static void md5_block(uint32_t h[4], const uint8_t *p)
     h[3] += d;
 }
 
-/* The first 64 bits of md5(msg), read big-endian (as the server's bit(64)::int8 does). */
-static uint64_t md5_head64(const uint8_t *msg, size_t len)
+/* MD5 padding appended in place: 0x80, zeros, the bit length (64-bit LE); the buffer must have
+ * room for len + 72 bytes. Returns the number of 64-byte blocks. */
+static size_t md5_pad(uint8_t *msg, size_t len)
 {
-    uint32_t h[4] = {0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476};
-    size_t whole = len & ~(size_t)63;
-    for (size_t off = 0; off < whole; off += 64)
-        md5_block(h, msg + off);
-    uint8_t tail[128];
-    size_t rest = len - whole;
-    memcpy(tail, msg + whole, rest);
-    tail[rest] = 0x80;
-    size_t padded = rest + 1 + 8 <= 64 ? 64 : 128;
-    memset(tail + rest + 1, 0, padded - rest - 1);
+    size_t blocks = (len + 8) / 64 + 1;
+    size_t padded = blocks * 64;
+    msg[len] = 0x80;
+    memset(msg + len + 1, 0, padded - len - 9);
     uint64_t bits = (uint64_t)len * 8;
     for (int i = 0; i < 8; i++)
-        tail[padded - 8 + i] = (uint8_t)(bits >> (8 * i));
-    md5_block(h, tail);
-    if (padded == 128)
-        md5_block(h, tail + 64);
-    uint64_t out = 0;
-    for (int w = 0; w < 2; w++)
-        for (int i = 0; i < 4; i++)
-            out = out << 8 | (uint8_t)(h[w] >> (8 * i));
-    return out;
+        msg[padded - 8 + i] = (uint8_t)(bits >> (8 * i));
+    return blocks;
 }
+
+static uint32_t bswap32(uint32_t x)
+{
+    return (x >> 24) | ((x >> 8) & 0xff00) | ((x << 8) & 0xff0000) | (x << 24);
+}
+
+/* The first 64 bits of the MD5 of a padded message, read big-endian (as the server's
+ * bit(64)::int8 reads the hex digest). */
+static uint64_t md5_head64_padded(const uint8_t *msg, size_t blocks)
+{
+    uint32_t h[4] = {0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476};
+    for (size_t i = 0; i < blocks; i++)
+        md5_block(h, msg + 64 * i);
+    return (uint64_t)bswap32(h[0]) << 32 | bswap32(h[1]);
+}
+
+#define LANES 4
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+
+#define VF(x, y, z) _mm_xor_si128((z), _mm_and_si128((x), _mm_xor_si128((y), (z))))
+#define VG(x, y, z) _mm_xor_si128((y), _mm_and_si128((z), _mm_xor_si128((x), (y))))
+#define VH(x, y, z) _mm_xor_si128(_mm_xor_si128((x), (y)), (z))
+#define VI(x, y, z) _mm_xor_si128((y), _mm_or_si128((x), _mm_xor_si128((z), ones)))
+#define VROTL(x, c) _mm_or_si128(_mm_slli_epi32((x), (c)), _mm_srli_epi32((x), 32 - (c)))
+#define VSTEP(f, a, b, c, d, x, k, r)                                                           \
+    (a) = _mm_add_epi32(                                                                        \
+        (b), VROTL(_mm_add_epi32(_mm_add_epi32((a), f((b), (c), (d))),                           \
+                                 _mm_add_epi32((x), _mm_set1_epi32((int)(k)))),                  \
+                   (r)))
+
+static const uint8_t zero_block[64];
+
+/* Four padded messages at once, one per 32-bit lane; adds their head64 values to *sum. */
+static void md5x4_sum(uint8_t *const msg[LANES], const size_t blocks[LANES], uint64_t *sum)
+{
+    const __m128i ones = _mm_set1_epi32(-1);
+    __m128i a = _mm_set1_epi32(0x67452301), b = _mm_set1_epi32((int)0xefcdab89),
+            c = _mm_set1_epi32((int)0x98badcfe), d = _mm_set1_epi32(0x10325476);
+    size_t most = 0;
+    for (int l = 0; l < LANES; l++)
+        most = blocks[l] > most ? blocks[l] : most;
+    for (size_t j = 0; j < most; j++) {
+        const uint8_t *p[LANES];
+        int live[LANES];
+        for (int l = 0; l < LANES; l++) {
+            live[l] = j < blocks[l] ? -1 : 0;
+            p[l] = live[l] ? msg[l] + 64 * j : zero_block;
+        }
+        __m128i m[16];
+        for (int q = 0; q < 4; q++) {
+            __m128i r0 = _mm_loadu_si128((const __m128i *)(p[0] + 16 * q));
+            __m128i r1 = _mm_loadu_si128((const __m128i *)(p[1] + 16 * q));
+            __m128i r2 = _mm_loadu_si128((const __m128i *)(p[2] + 16 * q));
+            __m128i r3 = _mm_loadu_si128((const __m128i *)(p[3] + 16 * q));
+            __m128i t0 = _mm_unpacklo_epi32(r0, r1), t1 = _mm_unpacklo_epi32(r2, r3);
+            __m128i t2 = _mm_unpackhi_epi32(r0, r1), t3 = _mm_unpackhi_epi32(r2, r3);
+            m[4 * q] = _mm_unpacklo_epi64(t0, t1);
+            m[4 * q + 1] = _mm_unpackhi_epi64(t0, t1);
+            m[4 * q + 2] = _mm_unpacklo_epi64(t2, t3);
+            m[4 * q + 3] = _mm_unpackhi_epi64(t2, t3);
+        }
+        __m128i a0 = a, b0 = b, c0 = c, d0 = d;
+        VSTEP(VF, a, b, c, d, m[0], 0xd76aa478, 7);
+        VSTEP(VF, d, a, b, c, m[1], 0xe8c7b756, 12);
+        VSTEP(VF, c, d, a, b, m[2], 0x242070db, 17);
+        VSTEP(VF, b, c, d, a, m[3], 0xc1bdceee, 22);
+        VSTEP(VF, a, b, c, d, m[4], 0xf57c0faf, 7);
+        VSTEP(VF, d, a, b, c, m[5], 0x4787c62a, 12);
+        VSTEP(VF, c, d, a, b, m[6], 0xa8304613, 17);
+        VSTEP(VF, b, c, d, a, m[7], 0xfd469501, 22);
+        VSTEP(VF, a, b, c, d, m[8], 0x698098d8, 7);
+        VSTEP(VF, d, a, b, c, m[9], 0x8b44f7af, 12);
+        VSTEP(VF, c, d, a, b, m[10], 0xffff5bb1, 17);
+        VSTEP(VF, b, c, d, a, m[11], 0x895cd7be, 22);
+        VSTEP(VF, a, b, c, d, m[12], 0x6b901122, 7);
+        VSTEP(VF, d, a, b, c, m[13], 0xfd987193, 12);
+        VSTEP(VF, c, d, a, b, m[14], 0xa679438e, 17);
+        VSTEP(VF, b, c, d, a, m[15], 0x49b40821, 22);
+        VSTEP(VG, a, b, c, d, m[1], 0xf61e2562, 5);
+        VSTEP(VG, d, a, b, c, m[6], 0xc040b340, 9);
+        VSTEP(VG, c, d, a, b, m[11], 0x265e5a51, 14);
+        VSTEP(VG, b, c, d, a, m[0], 0xe9b6c7aa, 20);
+        VSTEP(VG, a, b, c, d, m[5], 0xd62f105d, 5);
+        VSTEP(VG, d, a, b, c, m[10], 0x02441453, 9);
+        VSTEP(VG, c, d, a, b, m[15], 0xd8a1e681, 14);
+        VSTEP(VG, b, c, d, a, m[4], 0xe7d3fbc8, 20);
+        VSTEP(VG, a, b, c, d, m[9], 0x21e1cde6, 5);
+        VSTEP(VG, d, a, b, c, m[14], 0xc33707d6, 9);
+        VSTEP(VG, c, d, a, b, m[3], 0xf4d50d87, 14);
+        VSTEP(VG, b, c, d, a, m[8], 0x455a14ed, 20);
+        VSTEP(VG, a, b, c, d, m[13], 0xa9e3e905, 5);
+        VSTEP(VG, d, a, b, c, m[2], 0xfcefa3f8, 9);
+        VSTEP(VG, c, d, a, b, m[7], 0x676f02d9, 14);
+        VSTEP(VG, b, c, d, a, m[12], 0x8d2a4c8a, 20);
+        VSTEP(VH, a, b, c, d, m[5], 0xfffa3942, 4);
+        VSTEP(VH, d, a, b, c, m[8], 0x8771f681, 11);
+        VSTEP(VH, c, d, a, b, m[11], 0x6d9d6122, 16);
+        VSTEP(VH, b, c, d, a, m[14], 0xfde5380c, 23);
+        VSTEP(VH, a, b, c, d, m[1], 0xa4beea44, 4);
+        VSTEP(VH, d, a, b, c, m[4], 0x4bdecfa9, 11);
+        VSTEP(VH, c, d, a, b, m[7], 0xf6bb4b60, 16);
+        VSTEP(VH, b, c, d, a, m[10], 0xbebfbc70, 23);
+        VSTEP(VH, a, b, c, d, m[13], 0x289b7ec6, 4);
+        VSTEP(VH, d, a, b, c, m[0], 0xeaa127fa, 11);
+        VSTEP(VH, c, d, a, b, m[3], 0xd4ef3085, 16);
+        VSTEP(VH, b, c, d, a, m[6], 0x04881d05, 23);
+        VSTEP(VH, a, b, c, d, m[9], 0xd9d4d039, 4);
+        VSTEP(VH, d, a, b, c, m[12], 0xe6db99e5, 11);
+        VSTEP(VH, c, d, a, b, m[15], 0x1fa27cf8, 16);
+        VSTEP(VH, b, c, d, a, m[2], 0xc4ac5665, 23);
+        VSTEP(VI, a, b, c, d, m[0], 0xf4292244, 6);
+        VSTEP(VI, d, a, b, c, m[7], 0x432aff97, 10);
+        VSTEP(VI, c, d, a, b, m[14], 0xab9423a7, 15);
+        VSTEP(VI, b, c, d, a, m[5], 0xfc93a039, 21);
+        VSTEP(VI, a, b, c, d, m[12], 0x655b59c3, 6);
+        VSTEP(VI, d, a, b, c, m[3], 0x8f0ccc92, 10);
+        VSTEP(VI, c, d, a, b, m[10], 0xffeff47d, 15);
+        VSTEP(VI, b, c, d, a, m[1], 0x85845dd1, 21);
+        VSTEP(VI, a, b, c, d, m[8], 0x6fa87e4f, 6);
+        VSTEP(VI, d, a, b, c, m[15], 0xfe2ce6e0, 10);
+        VSTEP(VI, c, d, a, b, m[6], 0xa3014314, 15);
+        VSTEP(VI, b, c, d, a, m[13], 0x4e0811a1, 21);
+        VSTEP(VI, a, b, c, d, m[4], 0xf7537e82, 6);
+        VSTEP(VI, d, a, b, c, m[11], 0xbd3af235, 10);
+        VSTEP(VI, c, d, a, b, m[2], 0x2ad7d2bb, 15);
+        VSTEP(VI, b, c, d, a, m[9], 0xeb86d391, 21);
+        __m128i keep = _mm_set_epi32(live[3], live[2], live[1], live[0]);
+        a = _mm_or_si128(_mm_and_si128(keep, _mm_add_epi32(a, a0)), _mm_andnot_si128(keep, a0));
+        b = _mm_or_si128(_mm_and_si128(keep, _mm_add_epi32(b, b0)), _mm_andnot_si128(keep, b0));
+        c = _mm_or_si128(_mm_and_si128(keep, _mm_add_epi32(c, c0)), _mm_andnot_si128(keep, c0));
+        d = _mm_or_si128(_mm_and_si128(keep, _mm_add_epi32(d, d0)), _mm_andnot_si128(keep, d0));
+    }
+    uint32_t ha[LANES], hb[LANES];
+    _mm_storeu_si128((__m128i *)ha, a);
+    _mm_storeu_si128((__m128i *)hb, b);
+    for (int l = 0; l < LANES; l++)
+        *sum += (uint64_t)bswap32(ha[l]) << 32 | bswap32(hb[l]);
+}
+#else
+static void md5x4_sum(uint8_t *const msg[LANES], const size_t blocks[LANES], uint64_t *sum)
+{
+    for (int l = 0; l < LANES; l++)
+        *sum += md5_head64_padded(msg[l], blocks[l]);
+}
+#endif
 
 /* ------------------------------------------------------------------------------------------
  * COPY text -> ROW()::text -> digest term
@@ -183,7 +318,9 @@ static int buf_reserve(buf_t *b, size_t extra)
 typedef struct {
     uint64_t rows, sum;
     buf_t tail;  /* bytes after the last newline seen */
-    buf_t rec;   /* scratch: the record text of one row */
+    buf_t lane[LANES];          /* record texts (padded) waiting to be hashed together */
+    size_t lane_blocks[LANES];
+    int nlanes;
     buf_t val;   /* scratch: one unescaped field */
     int in_dump; /* pg_dump's table data: a "\." line ends it ("\.\n\n\n" is written) */
     int ended;   /* that line was seen: ignore the rest */
@@ -192,13 +329,14 @@ typedef struct {
 static void copy_state_free(copy_state *s)
 {
     free(s->tail.data);
-    free(s->rec.data);
+    for (int l = 0; l < LANES; l++)
+        free(s->lane[l].data);
     free(s->val.data);
     memset(s, 0, sizeof(*s));
 }
 
-/* Append one COPY field, as record_out would print it, to s->rec. -1 on out of memory. */
-static int add_field(copy_state *s, const uint8_t *f, size_t n)
+/* Append one COPY field, as record_out would print it, to rec. -1 on out of memory. */
+static int add_field(copy_state *s, buf_t *rec, const uint8_t *f, size_t n)
 {
     if (n == 2 && f[0] == '\\' && f[1] == 'N')
         return 0; /* NULL prints as nothing */
@@ -247,15 +385,15 @@ static int add_field(copy_state *s, const uint8_t *f, size_t n)
     for (size_t i = 0; !quote && i < vlen; i++)
         quote = quote_trigger[v[i]];
     if (!quote) {
-        if (buf_reserve(&s->rec, vlen) < 0)
+        if (buf_reserve(rec, vlen) < 0)
             return -1;
-        memcpy(s->rec.data + s->rec.len, v, vlen);
-        s->rec.len += vlen;
+        memcpy(rec->data + rec->len, v, vlen);
+        rec->len += vlen;
         return 0;
     }
-    if (buf_reserve(&s->rec, 2 * vlen + 2) < 0)
+    if (buf_reserve(rec, 2 * vlen + 2) < 0)
         return -1;
-    uint8_t *r = s->rec.data + s->rec.len;
+    uint8_t *r = rec->data + rec->len;
     size_t o = 0;
     r[o++] = '"';
     for (size_t i = 0; i < vlen; i++) {
@@ -264,7 +402,7 @@ static int add_field(copy_state *s, const uint8_t *f, size_t n)
         r[o++] = v[i];
     }
     r[o++] = '"';
-    s->rec.len += o;
+    rec->len += o;
     return 0;
 }
 
@@ -277,26 +415,42 @@ static int add_line(copy_state *s, const uint8_t *line, size_t n)
         s->ended = 1;
         return 0;
     }
-    s->rec.len = 0;
-    if (buf_reserve(&s->rec, 1) < 0)
+    buf_t *rec = &s->lane[s->nlanes];
+    rec->len = 0;
+    if (buf_reserve(rec, 1) < 0)
         return -1;
-    s->rec.data[s->rec.len++] = '(';
+    rec->data[rec->len++] = '(';
     size_t start = 0;
     for (;;) {
         const uint8_t *tab = memchr(line + start, '\t', n - start);
         size_t end = tab ? (size_t)(tab - line) : n;
-        if (add_field(s, line + start, end - start) < 0)
+        if (add_field(s, rec, line + start, end - start) < 0)
             return -1;
-        if (buf_reserve(&s->rec, 1) < 0)
+        if (buf_reserve(rec, 1 + 72) < 0) /* and room for the MD5 padding */
             return -1;
-        s->rec.data[s->rec.len++] = tab ? ',' : ')';
+        rec->data[rec->len++] = tab ? ',' : ')';
         if (!tab)
             break;
         start = end + 1;
     }
-    s->sum += md5_head64(s->rec.data, s->rec.len);
+    s->lane_blocks[s->nlanes] = md5_pad(rec->data, rec->len);
     s->rows++;
+    if (++s->nlanes == LANES) {
+        uint8_t *msg[LANES];
+        for (int l = 0; l < LANES; l++)
+            msg[l] = s->lane[l].data;
+        md5x4_sum(msg, s->lane_blocks, &s->sum);
+        s->nlanes = 0;
+    }
     return 0;
+}
+
+/* Hash the records still waiting for a full set of lanes. */
+static void copy_flush(copy_state *s)
+{
+    for (int l = 0; l < s->nlanes; l++)
+        s->sum += md5_head64_padded(s->lane[l].data, s->lane_blocks[l]);
+    s->nlanes = 0;
 }
 
 /* Feed any piece of the stream. -1 on out of memory. */
@@ -379,6 +533,11 @@ static PyObject *CopyDigest_update(CopyDigestObject *self, PyObject *arg)
 
 static PyObject *CopyDigest_state(CopyDigestObject *self, PyObject *unused)
 {
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    copy_flush(&self->st);
+    PyThread_release_lock(self->lock);
+    Py_END_ALLOW_THREADS
     return Py_BuildValue("(KKn)", (unsigned long long)self->st.rows,
                          (unsigned long long)self->st.sum, (Py_ssize_t)self->st.tail.len);
 }
@@ -506,6 +665,7 @@ static int scan_feed(DumpScannerObject *d, const uint8_t *p, size_t n)
                          (long long)d->current_id);
                 return -2;
             }
+            copy_flush(&d->copy);
             if (d->nresults == d->capresults) {
                 size_t cap = d->capresults ? 2 * d->capresults : 64;
                 block_result *r = realloc(d->results, cap * sizeof(*r));
