@@ -16,7 +16,9 @@ import pytest
 from psycopg import sql
 
 from vaultkeeper.archive.copytext import (
+    NATIVE,
     CopyDigest,
+    PyCopyDigest,
     copy_text_fingerprint,
     record_text,
     unescape_field,
@@ -213,3 +215,24 @@ def test_copy_escapes_are_undone_including_the_forms_only_copy_from_accepts() ->
     assert unescape_field(b"a\\tb\\nc\\\\d\\re\\bf\\fg\\vh") == b"a\tb\nc\\d\re\bf\fg\vh"
     assert unescape_field(b"\\101\\x42\\q") == b"ABq"
     assert record_text(b'\\N\t\t \t(\t"') == b'(,""," ","(","""")'
+
+
+@pytest.mark.skipif(not NATIVE, reason="the C digest is not built")
+def test_the_c_digest_equals_the_python_reference_on_random_copy_text() -> None:
+    """Escapes, quoting triggers, multi-byte text, rows of 0-400 bytes (1-8 MD5 blocks), row
+    counts that leave the four-lane batches partly filled, and arbitrary split points."""
+    rnd = random.Random(20261123)
+    alphabet = [b"a", b"t", b"n", b"N", b"x", b"4", b"17", b"8", b"F", b".", b"\t", b" ", b'"']
+    alphabet += [b",", b"(", b")", b"\\", b"\xc3\xa9", b"\\N", b"\\.", b"\\x4", b"\\101"]
+    for _ in range(3000):
+        rows = [
+            b"".join(rnd.choice(alphabet) for _ in range(rnd.choice((rnd.randint(0, 60), 400))))
+            for _ in range(rnd.randint(0, 11))
+        ]
+        text = b"".join(row + b"\n" for row in rows)
+        cut = rnd.randint(0, len(text))
+        reference, native = PyCopyDigest(), CopyDigest()
+        for digest in (reference, native):
+            digest.update(text[:cut])
+            digest.update(text[cut:])
+        assert native.finish() == reference.finish(), text
