@@ -127,7 +127,7 @@ class PostgresSource(_Model):
     password: SecretRef | None = None
     #: directory of pg_dump/pg_restore (default: /usr/lib/postgresql/<major>/bin, then PATH)
     bin_dir: Path | None = None
-    #: full = row count + server-side digest per table; counts = row counts only; off
+    #: full = row count + md5sum64-v1 digest per table; counts = row counts only; off
     fingerprints: Literal["full", "counts", "off"] = "full"
     #: resolved like the application does (search_path), or schema-qualified
     schema_migrations_table: str = "schema_migrations"
