@@ -12,15 +12,19 @@ Each round runs, in this order, on that one partition (medians of ``--rounds``, 
 ``COPY psql``               ``psql -c "COPY (SELECT <cols> FROM <chunk>) TO STDOUT"`` > /dev/null
 ``COPY psycopg``            the same COPY through psycopg into a null sink (in-process)
 ``export``                  :func:`vaultkeeper.archive.export.export_chunk`, as ``archive run``
-                            calls it: REPEATABLE READ snapshot, server digest on one connection
-                            CONCURRENTLY with the COPY on a second one (exported snapshot), COPY
+                            calls it (default ``digest_source``: ``copy-stream`` when the C digest
+                            is built): REPEATABLE READ snapshot, ONE COPY on one connection, its
                             text -> 8 MiB chunks -> zstd (table default level) -> AES-256-GCM ->
-                            blake3 -> local ``file://`` WORM store (fsync per object), signed
-                            manifest last
-``export (1 connection)``   the same on one connection: digest, then COPY (what a single-session
-                            server such as the PGlite TimescaleDB build gets)
-``export (zstd-3)``         the export at zstd level 3 instead of the default, for comparison
-``stream only``             COPY through the same pipeline into the same store WITHOUT the digest:
+                            blake3 -> local ``file://`` WORM store (fsync per object), and the
+                            row count + digest computed from the same blocks on a side thread;
+                            signed manifest last
+``export (server digest)``  ``digest_source="server"``, the export before the C digest (and
+                            still without it): server digest on one connection CONCURRENTLY with
+                            the COPY on a second one (exported snapshot)
+``export (server, 1 conn)`` the same on one connection: digest, then COPY (what a single-session
+                            server such as the PGlite TimescaleDB build got)
+``export (zstd-3)``         the default export at zstd level 3, for comparison
+``stream only``             COPY through the same pipeline into the same store WITHOUT any digest:
                             the ceiling of any export that must also take a digest
 ``digest only``             the server digest alone (``chunk_fingerprint``)
 ``verify``                  read-back verification of one archive: fetch, blake3, decrypt,
@@ -34,7 +38,8 @@ from the postmaster's ``cutime``/``cstime`` once they exited): the CPU ratio say
 costs next to a raw COPY whatever else runs. Results go to ``bench/results/archive.json`` with
 every run, the load average and CPU steal, and the machine.
 
-Run: ``.venv/bin/python -m bench.archive [--target-mib 64] [--rounds 3] [--level N]``.
+Run: ``.venv/bin/python -m bench.archive [--quick] [--target-mib 64] [--rounds 3] [--level N]``
+(``--quick``: ~40 MiB, one round).
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ from bench.common import (
 )
 from vaultkeeper.archive.digest import chunk_fingerprint
 from vaultkeeper.archive.discovery import Chunk, TableInfo, discover
-from vaultkeeper.archive.export import copy_query, export_chunk, pin_session
+from vaultkeeper.archive.export import DIGEST_SOURCE, copy_query, export_chunk, pin_session
 from vaultkeeper.archive.verify import verify_archive
 from vaultkeeper.config import ArchiveTable, LockPolicy
 from vaultkeeper.crypto import Keyring, generate_master_key, generate_signer
@@ -79,14 +84,15 @@ from vaultkeeper.snapshot import lock_for
 from vaultkeeper.store.local import LocalStore
 
 #: what ``python -m bench --quick`` passes to :func:`main`
-QUICK_ARGV = ["--target-mib", "40", "--rounds", "1"]
+QUICK_ARGV = ["--quick"]
 TARGET = 0.9
 PSQL_CANDIDATES = ("/usr/lib/postgresql/15/bin/psql", "psql")
 
 COPY_PSQL = "COPY psql"
 COPY_PSYCOPG = "COPY psycopg"
 EXPORT = "export"
-EXPORT_ONE = "export (1 connection)"
+EXPORT_SERVER = "export (server digest)"
+EXPORT_ONE = "export (server, 1 conn)"
 EXPORT_L3 = "export (zstd-3)"
 STREAM = "stream only"
 DIGEST = "digest only"
@@ -181,7 +187,9 @@ class Bench:
         assert n == self.copy_bytes, (n, self.copy_bytes)
         return seconds
 
-    def export(self, *, level: int, second: bool) -> tuple[float, dict[str, Any]]:
+    def export(
+        self, *, level: int, second: bool = True, server: bool = False
+    ) -> tuple[float, dict[str, Any]]:
         store = self.store()
         try:
             with self.connect() as conn:
@@ -200,12 +208,17 @@ class Bench:
                         source={"name": "bench"},
                         table_config="bench",
                         connect_second=self.connect if second else None,
+                        digest_source="server" if server else None,
                     )
                 )
             assert exp.fingerprint.row_count == self.rows
-            assert exp.body["copy"]["connections"] == (2 if second else 1)
-            extra = {"stored_mib": round(exp.artifact.stored_size / MIB, 2)}
-            if second and level == self.level:
+            source = "server" if server else DIGEST_SOURCE
+            assert exp.body["rows"]["digest_source"] == source
+            assert exp.body["copy"]["connections"] == (2 if second and source == "server" else 1)
+            extra: dict[str, Any] = {"stored_mib": round(exp.artifact.stored_size / MIB, 2)}
+            if not server:
+                extra["digest_source"] = source
+            if not server and level == self.level:
                 cpu = self.cpu()
                 extra["verify_seconds"] = self._verify(store, exp.manifest_key)
                 extra["verify_cpu"] = self.cpu() - cpu
@@ -338,12 +351,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.archive", description=(__doc__ or "").split("\n")[0]
     )
-    parser.add_argument("--target-mib", type=float, default=64.0, help="COPY text of the chunk")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--target-mib", type=float, default=None, help="COPY text of the chunk")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: ~40 MiB, one round (unless given)"
+    )
     parser.add_argument(
         "--level", type=int, default=None, help="zstd level of `export` (default: the table's)"
     )
     args = parser.parse_args(argv)
+    if args.target_mib is None:
+        args.target_mib = 40.0 if args.quick else 64.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
     level = DEFAULT_LEVEL if args.level is None else args.level
 
     from vaultkeeper.restore.scratch import scratch_cluster
@@ -364,14 +384,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _measure(bench: Bench, rounds: int) -> dict[str, Series]:
-    series = {n: Series(n) for n in (COPY_PSQL, COPY_PSYCOPG, EXPORT, EXPORT_ONE, EXPORT_L3)}
+    names = (COPY_PSQL, COPY_PSYCOPG, EXPORT, EXPORT_SERVER, EXPORT_ONE, EXPORT_L3)
+    series = {n: Series(n) for n in names}
     series.update({n: Series(n) for n in (STREAM, DIGEST, VERIFY)})
     steps: list[tuple[str, Callable[[], Any]]] = [
         (COPY_PSQL, bench.copy_psql),
         (COPY_PSYCOPG, bench.copy_psycopg),
-        (EXPORT, lambda: bench.export(level=bench.level, second=True)),
-        (EXPORT_ONE, lambda: bench.export(level=bench.level, second=False)),
-        (EXPORT_L3, lambda: bench.export(level=3, second=True)),
+        (EXPORT, lambda: bench.export(level=bench.level)),
+        (EXPORT_SERVER, lambda: bench.export(level=bench.level, server=True)),
+        (EXPORT_ONE, lambda: bench.export(level=bench.level, second=False, server=True)),
+        (EXPORT_L3, lambda: bench.export(level=3)),
         (STREAM, bench.stream_only),
         (DIGEST, bench.digest_only),
     ]
@@ -440,7 +462,8 @@ def _report(
     met = {b: r >= TARGET for b, r in export_ratio.items()}
     print(
         f"\nbench/archive: one partition, {bench.rows:,} rows, {mib:.1f} MiB of COPY text, "
-        f"zstd level {bench.level} (table default {DEFAULT_LEVEL}), median of {args.rounds}; "
+        f"zstd level {bench.level} (table default {DEFAULT_LEVEL}), export digest "
+        f"{DIGEST_SOURCE}, median of {args.rounds}; "
         f"load average {machine['load_average_start'][0]:.2f} -> "
         f"{machine['load_average_end'][0]:.2f}, CPU steal {machine['cpu_steal_percent']:.0f}%\n"
     )
@@ -473,6 +496,7 @@ def _report(
             },
             "rounds": args.rounds,
             "compression_level": bench.level,
+            "export_digest_source": DIGEST_SOURCE,
             "machine_load": machine,
             "target": {"export_vs_raw_copy": TARGET, "ratio": export_ratio, "met": met},
             "measures": measures,

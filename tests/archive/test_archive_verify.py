@@ -18,6 +18,7 @@ import pytest
 from vaultkeeper.archive import catalog
 from vaultkeeper.archive import run as lifecycle
 from vaultkeeper.archive.catalog import ArchiveRow, Status
+from vaultkeeper.archive.export import DIGEST_SOURCE
 from vaultkeeper.archive.manifest import load_signed, parse_manifest_key
 from vaultkeeper.archive.purge import store_gate
 from vaultkeeper.archive.verify import FINDING_KINDS, Verification, verify_archive
@@ -87,10 +88,15 @@ def test_an_untouched_archive_verifies_and_its_documents_match_their_schemas(
     manifest = json.loads(archived.path(archived.rows[0].manifest_key).read_bytes())
     validate("archive-manifest", manifest)
     body = manifest["manifest"]
-    assert body["rows"]["taken"].startswith("server, in the export's REPEATABLE READ snapshot")
     assert body["copy"]["settings"]["DateStyle"] == "ISO, YMD"
-    assert body["copy"]["connections"] == 2, "PostgreSQL: COPY and digest ran concurrently"
-    assert "concurrently with the COPY" in body["rows"]["taken"]
+    assert body["rows"]["digest_source"] == DIGEST_SOURCE
+    if DIGEST_SOURCE == "copy-stream":
+        assert body["rows"]["taken"].startswith("client, from the exported COPY text stream")
+        assert body["copy"]["connections"] == 1, "one COPY, digested on the client"
+    else:
+        assert body["rows"]["taken"].startswith("server, in the export's REPEATABLE READ snapshot")
+        assert body["copy"]["connections"] == 2, "PostgreSQL: COPY and digest ran concurrently"
+        assert "concurrently with the COPY" in body["rows"]["taken"]
     prefix = archived.rows[0].manifest_key.removesuffix("manifest.json")
     records = sorted(archived.path(prefix + "verifications").iterdir())
     assert records

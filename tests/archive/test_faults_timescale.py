@@ -20,6 +20,7 @@ from vaultkeeper.archive import run as lifecycle
 from vaultkeeper.archive.catalog import Status
 from vaultkeeper.archive.digest import Fingerprint
 from vaultkeeper.archive.discovery import discover
+from vaultkeeper.archive.export import DIGEST_SOURCE
 from vaultkeeper.store.local import LocalStore
 
 from .helpers import connect_timescale
@@ -149,5 +150,6 @@ def test_the_archive_manifest_records_the_timescaledb_version(hyper: Hyper) -> N
     assert source["timescaledb_version"].startswith("2.23")
     assert source["server_version"].startswith("17")
     assert manifest.body["table"]["kind"] == "hypertable"
-    assert manifest.body["copy"]["connections"] == 1, "one session: digest, then COPY"
+    assert manifest.body["copy"]["connections"] == 1, "one session"
+    assert manifest.body["rows"]["digest_source"] == DIGEST_SOURCE
     assert dt.datetime.fromisoformat(manifest.body["exported_at"].replace("Z", "+00:00"))

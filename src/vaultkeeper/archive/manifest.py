@@ -8,9 +8,11 @@ Layout (below the store's prefix; every segment percent-encoded, so any SQL name
 
 * The **archive manifest** (type ``vaultkeeper.archive_manifest``) is written last: an archive
   whose manifest is missing or does not verify does not exist. It records the table, the chunk
-  and its exact bounds, the column list and types, the row count and digest taken by the server
-  in the export's snapshot, the COPY format and session settings, the wrapped data key, every
-  part with its blake3, and the lock.
+  and its exact bounds, the column list and types, the row count and digest of the exported
+  rows and where they were taken (``rows.digest_source``: ``copy-stream``, computed on the client
+  from the exported COPY text; ``server``, by the server in the export's snapshot; manifests
+  written before the field existed are ``server``), the COPY format and session settings, the
+  wrapped data key, every part with its blake3, and the lock.
 * A **verification record** (type ``vaultkeeper.archive_verification``) is written after each
   read-back: which manifest (key, version, blake3 of its bytes) was checked, what was recomputed,
   the findings, and whether the live chunk still matched. The purge gate requires the newest one
@@ -180,6 +182,11 @@ class ArchiveManifest:
     @property
     def digest(self) -> str:
         return str(self.body["rows"]["digest"])
+
+    @property
+    def digest_source(self) -> str:
+        """``copy-stream`` or ``server``; manifests older than the field were all ``server``."""
+        return str(self.body["rows"].get("digest_source") or "server")
 
     @property
     def artifact(self) -> ArtifactRecord:

@@ -14,10 +14,15 @@ findings instead of stopping at the first. Checked, for one archive:
   blake3; the whole stream's size and blake3 too;
 * the rows read back are counted and their digest recomputed on the client
   (:mod:`vaultkeeper.archive.copytext`, provably the server's digest), and both must equal the
-  manifest's, which the server took in the export's snapshot;
-* when the chunk still exists, its current count and digest (server side) are compared with the
-  manifest: a difference is a ``stale`` finding (the archive is intact, but late rows arrived;
-  the chunk must be exported again before it can be purged), not an integrity failure.
+  manifest's, which the export took in its snapshot (``rows.digest_source``: from the COPY
+  stream on the client, or by the server);
+* when the chunk still exists, its current count and digest are computed BY THE SERVER
+  (:func:`~vaultkeeper.archive.digest.chunk_fingerprint`, the caller's ``live``) and compared
+  with the manifest. This is the independent check of a ``copy-stream`` manifest: read-back =
+  manifest and server = manifest together prove that the stored rows are the database's rows.
+  A difference is a ``stale`` finding (the archive is intact, but rows changed after the export;
+  the chunk must be exported again before it can be purged), not an integrity failure; the
+  purge gate recomputes the server's digest again under an exclusive lock before any drop.
 
 :func:`write_verification` stores the verdict as a signed, locked verification record; the
 purge gate re-reads it.
@@ -75,7 +80,8 @@ FINDING_KINDS: dict[str, str] = {
     "row_count_mismatch": "the rows read back differ in number from the manifest",
     "digest_mismatch": "the digest of the rows read back differs from the manifest",
     "copy_truncated": "the archived COPY text ends in the middle of a row",
-    "chunk_changed": "the chunk in the database no longer matches the archive (stale)",
+    "chunk_changed": "the chunk's digest computed by the server now differs from the manifest's "
+    "(stale)",
 }
 
 
