@@ -64,7 +64,7 @@ class LocalStore:
             if not self._create:
                 raise self._root_missing()
             try:
-                self.root.mkdir(mode=0o750)
+                self.root.mkdir(mode=0o750, exist_ok=True)  # another thread may race us here
             except FileNotFoundError:
                 raise StoreError(
                     f"cannot create local store {self.root}: its parent directory does not "
