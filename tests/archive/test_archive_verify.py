@@ -197,8 +197,30 @@ def test_a_chunk_changed_since_the_export_is_stale_not_corrupt(archived: Archive
     )
     from vaultkeeper.archive.run import _live
 
-    v = archived.verify(live=_live(archived.conn))
+    conn = archived.conn
+    v = archived.verify(live=_live(conn), live_copy=_live(conn, via_copy=True))
     assert v.ok and v.stale and [f.kind for f in v.findings] == ["chunk_changed"]
+
+
+def test_client_and_server_digests_disagreeing_on_unchanged_rows_is_an_error_not_stale(
+    archived: Archived,
+) -> None:
+    """If the server's digest ever stopped matching the COPY-text digest (a locale whose
+    isspace() differs, say), an unchanged chunk must not loop as "stale" forever."""
+    from vaultkeeper.archive.digest import Fingerprint
+    from vaultkeeper.archive.run import _live
+
+    server = _live(archived.conn)
+
+    def skewed(m: Any) -> Fingerprint | None:
+        fp = server(m)
+        assert fp is not None
+        return Fingerprint(fp.row_count, "md5sum64-v1:" + "0" * 16)
+
+    v = archived.verify(live=skewed, live_copy=_live(archived.conn, via_copy=True))
+    assert not v.ok and not v.stale
+    assert [f.kind for f in v.findings] == ["digest_methods_disagree"]
+    assert "no purge until they agree" in v.findings[0].message
 
 
 def test_every_finding_kind_is_documented() -> None:

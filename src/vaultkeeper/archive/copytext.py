@@ -200,10 +200,12 @@ def copy_fingerprint(
     schema: str,
     name: str,
     columns: Sequence[str] | None = None,
+    *,
+    only: bool = True,
 ) -> Fingerprint:
     """Fingerprint of the table's own rows (no child tables: what pg_dump and ``COPY`` export),
     read with ``COPY ... TO STDOUT`` and hashed here: the same value as
-    ``chunk_fingerprint(conn, "schema.name", only=True)``, for about half the server's work
+    ``chunk_fingerprint(conn, "schema.name", only=only)``, for about half the server's work
     (the server renders each row once, for COPY, and does not hash). Worth it only when
     :data:`NATIVE`. ``columns`` defaults to :func:`~vaultkeeper.archive.digest.column_names`.
 
@@ -217,7 +219,11 @@ def copy_fingerprint(
             "SELECT set_config('client_encoding', current_setting('server_encoding'), true)"
         )
         cols = list(columns) if columns is not None else column_names(conn, schema, name)
-        query = sql.SQL("COPY {rel} ({cols}) TO STDOUT").format(
+        # only=False: a SELECT, which also reads child tables and compressed TimescaleDB rows
+        template = (
+            "COPY {rel} ({cols}) TO STDOUT" if only else "COPY (SELECT {cols} FROM {rel}) TO STDOUT"
+        )
+        query = sql.SQL(template).format(
             rel=sql.Identifier(schema, name),
             cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
         )

@@ -42,6 +42,7 @@ import psycopg
 from vaultkeeper import audit
 from vaultkeeper.archive import catalog, db
 from vaultkeeper.archive.catalog import ArchiveRow, SafeMode, Status
+from vaultkeeper.archive.copytext import copy_fingerprint
 from vaultkeeper.archive.digest import Fingerprint, chunk_fingerprint
 from vaultkeeper.archive.discovery import Chunk, TableInfo, TableKind, TableNotFound, discover
 from vaultkeeper.archive.export import export_chunk
@@ -538,8 +539,9 @@ def _compress_kept(
         )
 
 
-def _live(conn: psycopg.Connection[Any]) -> LiveCheck:
-    """The chunk's current fingerprint over the archived columns; None when it is gone."""
+def _live(conn: psycopg.Connection[Any], *, via_copy: bool = False) -> LiveCheck:
+    """The chunk's current fingerprint over the archived columns, computed by the server (or,
+    ``via_copy``, from its COPY text on this side); None when the chunk is gone."""
 
     def check(m: ArchiveManifest) -> Fingerprint | None:
         rel = f'"{m.chunk_schema.replace(chr(34), chr(34) * 2)}".'
@@ -547,7 +549,10 @@ def _live(conn: psycopg.Connection[Any]) -> LiveCheck:
         row = conn.execute("SELECT to_regclass(%s)", [rel]).fetchone()
         if row is None or row[0] is None:
             return None
-        return chunk_fingerprint(conn, rel, columns=[c.name for c in m.columns])
+        columns = [c.name for c in m.columns]
+        if via_copy:
+            return copy_fingerprint(conn, m.chunk_schema, m.chunk_name, columns, only=False)
+        return chunk_fingerprint(conn, rel, columns=columns)
 
     return check
 
@@ -644,6 +649,7 @@ def _verify_and_record(
             expected_blake3=row.manifest_blake3,
             version_id=row.manifest_version,
             live=live,
+            live_copy=None if live is None else _live(conn, via_copy=True),
             parallel=r.options.parallel,
         )
         write_verification(store, v, ctx.signer, r.lock)

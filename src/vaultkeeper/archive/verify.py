@@ -82,6 +82,8 @@ FINDING_KINDS: dict[str, str] = {
     "copy_truncated": "the archived COPY text ends in the middle of a row",
     "chunk_changed": "the chunk's digest computed by the server now differs from the manifest's "
     "(stale)",
+    "digest_methods_disagree": "the server's digest of the chunk differs from the manifest's while "
+    "its COPY text still gives the manifest's: the two ways of computing the digest disagree",
 }
 
 
@@ -180,15 +182,20 @@ def verify_archive(
     expected_blake3: str | None = None,
     version_id: str | None = None,
     live: LiveCheck | None = None,
+    live_copy: LiveCheck | None = None,
     parallel: int = 4,
     now: dt.datetime | None = None,
 ) -> Verification:
     """Read the archive whose manifest is at ``key`` back and check it (module docstring).
 
-    ``expected_blake3``/``version_id`` are what the catalog recorded at export. ``live`` returns
-    the chunk's current fingerprint, or None when the chunk no longer exists. Store outages
-    (:class:`~vaultkeeper.errors.StoreError` other than a missing object) propagate: an archive
-    that could not be read is not verified, but not proven bad either.
+    ``expected_blake3``/``version_id`` are what the catalog recorded at export. ``live``
+    returns the chunk's current fingerprint, or None when the chunk no longer exists; when it
+    differs from the manifest's, ``live_copy`` (the same, from the chunk's COPY text hashed
+    here) tells rows that changed (``chunk_changed``, stale) from digest methods that disagree
+    on unchanged rows (``digest_methods_disagree``, an error: it must not pass as stale
+    forever). Store outages (:class:`~vaultkeeper.errors.StoreError` other than a missing
+    object) propagate: an archive that could not be read is not verified, but not proven bad
+    either.
     """
     started = time.monotonic()
     v = Verification(manifest_key=key, verified_at=now or dt.datetime.now(dt.UTC))
@@ -209,10 +216,19 @@ def verify_archive(
         current = live(manifest)
         v.live_checked = True
         v.live = current
-        if current is not None and (current.row_count, current.digest) != (
-            manifest.row_count,
-            manifest.digest,
-        ):
+        expected = (manifest.row_count, manifest.digest)
+        if current is not None and (current.row_count, current.digest) != expected:
+            echo = live_copy(manifest) if live_copy is not None else None
+            if echo is not None and (echo.row_count, echo.digest) == expected:
+                v.add(
+                    "digest_methods_disagree",
+                    f"chunk {manifest.chunk_id}: the server's digest {current.digest} differs from "
+                    f"the manifest's {manifest.digest}, but the chunk's COPY text still gives "
+                    f"{echo.digest}: the client and server digests disagree on these rows (server "
+                    "locale or text settings?); no purge until they agree",
+                    manifest.chunk_id,
+                )
+                return _done(v, started)
             v.add(
                 "chunk_changed",
                 f"chunk {manifest.chunk_id} now has {current.row_count} rows, digest "
