@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import jsonschema
@@ -84,6 +88,11 @@ def test_drill_fails_at_restore_on_a_corrupted_part(drill_env) -> None:
     assert doc["failed_step"] == "restore_postgres"
     assert "blake3" in doc["reason"] and part.name in doc["reason"]
     assert doc["rto_seconds"] is None
+    # the dump is fetched while the scratch cluster comes up; that cluster is stopped and
+    # removed all the same (leftovers checked by _drill)
+    status = {s["name"]: s["status"] for s in doc["steps"]}
+    assert status["provision_postgres"] == "pass"
+    assert status["hooks_before_restore"] == "skipped"
 
 
 def test_drill_fails_at_fingerprints_when_the_dump_data_was_tampered(drill_env) -> None:
@@ -151,3 +160,83 @@ def test_drill_without_any_snapshot_fails_at_select(drill_env) -> None:
     doc = _drill(drill_env, 14)
     assert doc["failed_step"] == "select_snapshot"
     assert "no verified postgres snapshot" in doc["reason"]
+
+
+def test_drill_failing_at_select_while_the_cluster_is_still_starting_leaves_nothing(
+    drill_env,
+) -> None:
+    """Provisioning starts in the background at the drill's start; a selection that fails at
+    once (no such snapshot) must stop it and remove everything, mid-initdb."""
+    drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")
+    doc = _drill(drill_env, 14, "--snapshot", "20990101T000000Z-deadbeef")
+    assert doc["failed_step"] == "select_snapshot"
+    assert "20990101T000000Z-deadbeef" in doc["reason"]
+    provision = next(s for s in doc["steps"] if s["name"] == "provision_postgres")
+    assert provision["status"] == "skipped"
+    assert "background" in provision["reason"]
+    select = next(s for s in doc["steps"] if s["name"] == "select_snapshot")
+    assert select["seconds"] < 1.0  # it failed while initdb was still running
+
+
+def test_passing_drill_reports_the_overlapped_provisioning_honestly(drill_env) -> None:
+    drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")
+    doc = _drill(drill_env, 0)
+    steps = {s["name"]: s for s in doc["steps"]}
+    bg = steps["provision_postgres"]["evidence"]["background"]
+    assert bg["started_at_s"] < steps["select_snapshot"]["seconds"] + 0.5
+    assert bg["seconds"] == pytest.approx(bg["finished_at_s"] - bg["started_at_s"], abs=0.002)
+    assert steps["provision_postgres"]["seconds"] == pytest.approx(bg["seconds"], abs=0.002)
+    assert 0 <= bg["waited_seconds"] <= bg["seconds"]
+    restored = steps["restore_postgres"]["evidence"]["restored"]["appdb"]
+    fetch, pg_restore = restored["fetch_to_temp_file"], restored["pg_restore"]
+    assert fetch["finished_at_s"] <= pg_restore["started_at_s"]
+    assert bg["finished_at_s"] <= pg_restore["started_at_s"]
+    assert restored["seconds"] == pytest.approx(fetch["seconds"] + pg_restore["seconds"], abs=0.002)
+    assert steps["restore_postgres"]["seconds"] == pytest.approx(restored["seconds"], abs=0.002)
+    assert pg_restore["finished_at_s"] <= doc["rto_seconds"]
+    assert "dbname=drill_appdb" in steps["provision_postgres"]["evidence"]["databases"]["appdb"]
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("moment", "how"),
+    [
+        ("initdb", "sigterm"),
+        ("initdb", "ctrl-c"),
+        ("server-up", "sigterm"),
+        ("server-up", "ctrl-c"),
+    ],
+)
+def test_interrupted_drill_leaves_nothing(drill_env, moment: str, how: str) -> None:
+    """SIGTERM to the drill (systemd, timeout) or Ctrl-C (SIGINT to its whole process group,
+    initdb and pg_ctl included) while the background provisioning is under way: exit 130, the
+    interruption recorded, no cluster, process or temp dir left."""
+    drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")
+    proc = drill_env.subprocess(
+        "drill", "restore", "--target", "staging", stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        marker = "data" if moment == "initdb" else "data/postmaster.pid"
+        _wait_for(lambda: any(drill_env.work.glob(f"vk-drill-*/vk-scratch-*/{marker}")))
+        if how == "sigterm":
+            os.kill(proc.pid, signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    if proc.returncode == 0:  # the drill won the race (the test database is small)
+        pytest.skip("the drill finished before the signal")
+    assert proc.returncode == 130, err.decode()
+    assert leftovers(drill_env.work) == [], err.decode()
+    state = Path(drill_env.config()["state_dir"])
+    last = json.loads((state / "drill-history.jsonl").read_text().splitlines()[-1])
+    assert last["verdict"] == "FAIL" and last["failed_step"] == "interrupted"

@@ -4,8 +4,18 @@ Each step is timed and reports pass/fail with evidence. The first failing step e
 (later steps are reported as skipped, with the reason), because a check on top of a broken
 restore proves nothing. RTO is measured from the drill's start to the moment every check is
 green; RPO is the age of the restored snapshot at the drill's start. Everything the drill
-creates (scratch clusters, temp dirs, child processes) is removed on pass, fail and Ctrl-C,
-unless ``keep`` is set.
+creates (scratch clusters, temp dirs, child processes) is removed on pass, fail, Ctrl-C and
+SIGTERM, unless ``keep`` is set.
+
+Work that does not need the database overlaps the provisioning: the database server (initdb,
+start and databases for ``provision: scratch``; DROP/CREATE DATABASE for ``provision: dsn``)
+is set up in a background thread from the drill's start, while the snapshot is selected and
+verified and, with ``jobs > 1``, its dump is fetched, checked and decrypted into the temp file
+``pg_restore --jobs`` reads. The steps keep their order and each reports what it really took:
+``provision_postgres`` its provisioning time (evidence: started/ready offsets from the drill's
+start and how long the drill waited for it), ``restore_postgres`` the fetch plus pg_restore
+(evidence: each half with its offsets). Overlapped steps' seconds therefore add up to more than
+the RTO, which stays drill start -> all checks green.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +33,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psycopg
 
@@ -34,12 +45,81 @@ from vaultkeeper.errors import ConfigError, Interrupted, NotFound, Refused, Vaul
 from vaultkeeper.interrupt import sigterm_as_interrupt
 from vaultkeeper.manifest import isoformat, parse_time
 from vaultkeeper.pipeline import ArtifactRecord
-from vaultkeeper.restore.scratch import scratch_cluster
+from vaultkeeper.restore.postgres import fetch_dump, pg_restore_file
+from vaultkeeper.restore.scratch import RESTORE_SETTINGS, scratch_cluster
 from vaultkeeper.runner import run
 from vaultkeeper.sources import postgres
 from vaultkeeper.verify import Verifier
 
 SUMMARY_TYPE = "vaultkeeper.drill_summary"
+
+T = TypeVar("T")
+
+
+class _Cancelled(Exception):
+    """Background work told to stop (the drill ended before it was needed)."""
+
+
+class Background(Generic[T]):
+    """``fn(stack, cancelled)`` in a thread, started now, waited for later.
+
+    ``fn`` registers what it creates on ``stack`` (a scratch cluster, ...). When it fails,
+    that stack unwinds in the thread; when it succeeds, it is handed over and unwinds in
+    :meth:`close`, which the owner always calls (pass, fail, Ctrl-C, SIGTERM): it asks ``fn``
+    to stop at its next check of ``cancelled()``, waits for the thread (through further
+    interrupts: the thread may be half way through creating a cluster), then unwinds.
+    """
+
+    def __init__(
+        self, fn: Callable[[ExitStack, Callable[[], bool]], T], clock: Callable[[], float]
+    ) -> None:
+        self._fn = fn
+        self._clock = clock
+        self._cancel = threading.Event()
+        #: not Thread.join(): on Python 3.11 a join interrupted by KeyboardInterrupt can mark a
+        #: still running thread as stopped, and a later join() then returns at once
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="vk-drill-provision", daemon=True)
+        self._stack: ExitStack | None = None
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
+
+    def start(self) -> Background[T]:
+        self.started_at = self._clock()
+        self._thread.start()
+        return self
+
+    def _main(self) -> None:
+        try:
+            with ExitStack() as stack:
+                self._value = self._fn(stack, self._cancel.is_set)
+                self._stack = stack.pop_all()
+        except BaseException as exc:  # re-raised by result(), in the caller's thread
+            self._error = exc
+        finally:
+            self.ready_at = self._clock()
+            self._done.set()
+
+    def result(self) -> T:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+    def close(self) -> None:
+        self._cancel.set()
+        if self._thread.ident is not None:
+            while True:
+                try:
+                    self._done.wait()
+                    break
+                except KeyboardInterrupt:  # a second Ctrl-C: cleanup must still finish
+                    continue
+        if self._stack is not None:
+            self._stack.close()
 
 
 class StepFailed(Exception):
@@ -138,6 +218,12 @@ class Drill:
         self.databases: dict[str, postgres.Target] = {}
         self.manifests: dict[str, dict[str, Any]] = {}
         self.workdir: Path | None = None
+        self._provisioning: Background[tuple[dict[str, postgres.Target], str]] | None = None
+        #: per source: the dump fetched while the cluster came up, with its timing evidence
+        self._fetched: dict[str, tuple[Path, dict[str, Any]]] = {}
+        self._fetch_error: VaultkeeperError | None = None
+        #: a step's own duration when it is not the time the step occupied (overlapped work)
+        self._step_seconds: float | None = None
 
     # ------------------------------------------------------------------ orchestration
 
@@ -162,15 +248,19 @@ class Drill:
                 self.workdir = base
                 if not self.keep:
                     stack.callback(_rmtree, base)
+                self._start_provisioning(stack)
                 failed = False
                 for name, fn in steps:
                     if failed:
-                        self.summary.steps.append(
-                            StepResult(name, "skipped", reason="an earlier step failed")
-                        )
+                        reason = "an earlier step failed"
+                        if name == "provision_postgres" and self._provisioning is not None:
+                            reason += "; the provisioning started in the background was stopped"
+                        self.summary.steps.append(StepResult(name, "skipped", reason=reason))
                         continue
                     result = self._step(name, fn, stack)
                     failed = result.status == "fail"
+                    if name == "select_snapshot" and not failed:
+                        self._fetch(stack)  # while the database is provisioned
                 if not failed:
                     self.summary.rto_seconds = time.monotonic() - self._t0
                 self._objectives()
@@ -193,6 +283,7 @@ class Drill:
     ) -> StepResult:
         self.log(f"{name} ...")
         t = time.monotonic()
+        self._step_seconds = None
         try:
             evidence = fn(stack)
             result = StepResult(name, "pass", evidence=evidence or {})
@@ -204,12 +295,95 @@ class Drill:
         except VaultkeeperError as exc:
             result = StepResult(name, "fail", reason=exc.message, evidence={"error": exc.code})
         result.seconds = time.monotonic() - t
+        if self._step_seconds is not None:
+            result.seconds = self._step_seconds
         self.summary.steps.append(result)
         self.log(f"{name}: {result.status}" + (f" ({result.reason})" if result.reason else ""))
         return result
 
     def _count(self, key: str, value: int) -> None:
         self.summary.mismatch_counts[key] = value
+
+    def _offset(self) -> float:
+        """Seconds since the drill's start (the RTO clock)."""
+        return time.monotonic() - self._t0
+
+    # ------------------------------------------------------------------ overlapped work
+
+    def _start_provisioning(self, stack: ExitStack) -> None:
+        """Provision the database server in the background from the drill's start."""
+        if self.target.postgres is None:
+            return
+        self._provisioning = Background(self._provision_work, self._offset)
+        stack.callback(self._provisioning.close)  # before start(): always joined, cleaned up
+        self._provisioning.start()
+
+    def _provision_work(
+        self, stack: ExitStack, cancelled: Callable[[], bool]
+    ) -> tuple[dict[str, postgres.Target], str]:
+        """(in the background thread) the databases to restore into, and the server's name."""
+        pg = self.target.postgres
+        assert pg is not None
+        names = [f"drill_{source}" for source in pg.sources]
+        if pg.provision == "scratch":
+            assert self.workdir is not None
+            cluster = stack.enter_context(
+                scratch_cluster(
+                    parent=self.workdir,
+                    keep=self.keep,
+                    settings=RESTORE_SETTINGS,
+                    cancelled=cancelled,
+                )
+            )
+            if cancelled():
+                raise _Cancelled
+            dsns = cluster.take_databases(names)
+            return (
+                {s: postgres.Target.parse(dsns[n]) for s, n in zip(pg.sources, names, strict=True)},
+                f"scratch cluster on port {cluster.port}",
+            )
+        assert pg.dsn is not None
+        if not pg.allow_overwrite:
+            raise Refused(
+                f"targets.{self.target_name}.postgres: provision is dsn but allow_overwrite is "
+                "false; the drill would drop and recreate drill_* databases there"
+            )
+        password = pg.password.read("postgres.password") if pg.password else None
+        server = postgres.Target.parse(pg.dsn, password)
+        out = {}
+        with server.connect() as conn:
+            for source, db in zip(pg.sources, names, strict=True):
+                if cancelled():
+                    raise _Cancelled
+                conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{db}"')
+                out[source] = postgres.Target.parse(_with_dbname(server.dsn, db), password)
+        return out, server.dsn
+
+    def _fetch(self, stack: ExitStack) -> None:
+        """With ``jobs > 1``: each source's dump into a temp file while the database server is
+        provisioned. A failure is reported by restore_postgres, whose work this is."""
+        pg = self.target.postgres
+        if pg is None or pg.jobs <= 1:
+            return
+        _, _, store = self._store()
+        for source in pg.sources:
+            body = self.manifests[source]
+            artifact = ArtifactRecord.from_json(
+                next(a for a in body["artifacts"] if a["name"] == postgres.ARTIFACT)
+            )
+            sid = body["snapshot_id"]
+            self.log(f"restore_postgres: fetching {sid} (while the database server starts) ...")
+            started = self._offset()
+            try:
+                key = DataKey(self.ctx.keyring.unwrap(body["encryption"]["data_key"], sid), sid)
+                path = fetch_dump(artifact, store=store, data_key=key, workdir=self.workdir)
+            except VaultkeeperError as exc:
+                self._fetch_error = exc
+                return
+            stack.callback(path.unlink, missing_ok=True)
+            finished = self._offset()
+            self._fetched[source] = (path, _span(started, finished))
 
     # ------------------------------------------------------------------ steps
 
@@ -265,41 +439,38 @@ class Drill:
         return evidence
 
     def _provision(self, stack: ExitStack) -> dict[str, Any]:
-        pg = self.target.postgres
-        if pg is None:
+        """Wait for the provisioning started at the drill's start; its own time is the step's."""
+        job = self._provisioning
+        if job is None:
             return {"skipped": "no postgres in this target"}
-        if pg.provision == "scratch":
-            assert self.workdir is not None
-            cluster = stack.enter_context(scratch_cluster(parent=self.workdir, keep=self.keep))
-            for source in pg.sources:
-                dsn = cluster.create_database(f"drill_{source}")
-                self.databases[source] = postgres.Target.parse(dsn)
-            admin = f"scratch cluster on port {cluster.port}"
-        else:
-            assert pg.dsn is not None
-            if not pg.allow_overwrite:
-                raise Refused(
-                    f"targets.{self.target_name}.postgres: provision is dsn but allow_overwrite is "
-                    "false; the drill would drop and recreate drill_* databases there"
-                )
-            password = pg.password.read("postgres.password") if pg.password else None
-            server = postgres.Target.parse(pg.dsn, password)
-            with server.connect() as conn:
-                for source in pg.sources:
-                    db = f"drill_{source}"
-                    conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-                    conn.execute(f'CREATE DATABASE "{db}"')
-                    self.databases[source] = postgres.Target.parse(
-                        _with_dbname(server.dsn, db), password
-                    )
-            admin = server.dsn
+        waited_from = self._offset()
+        try:
+            databases, admin = job.result()
+        finally:
+            if job.started_at is not None and job.ready_at is not None:
+                self._step_seconds = job.ready_at - job.started_at
+        self.databases.update(databases)
         for source, target in self.databases.items():
             self.env[f"VK_DRILL_DSN_{_env_name(source)}"] = target.dsn
-        return {"server": admin, "databases": {s: t.dsn for s, t in self.databases.items()}}
+        assert job.started_at is not None and job.ready_at is not None
+        overlapped = ["select_snapshot"] + (
+            ["restore_postgres: dump -> temp file"] if self._fetched else []
+        )
+        return {
+            "server": admin,
+            "databases": {s: t.dsn for s, t in self.databases.items()},
+            "background": {
+                **_span(job.started_at, job.ready_at),
+                "waited_seconds": round(max(0.0, job.ready_at - waited_from), 3),
+                "overlapped_with": overlapped,
+            },
+        }
 
     def _hooks(self, commands: list[list[str]]) -> dict[str, Any]:
         if not commands:
             return {"skipped": "no hooks configured"}
+        if self._fetch_error is not None and commands is self.target.hooks.before_restore:
+            return {"skipped": "fetching the dump failed (reported by restore_postgres)"}
         ran = []
         for argv in commands:
             done = run(argv, env=self.env, timeout=self.target.hooks.timeout_seconds, check=False)
@@ -312,35 +483,50 @@ class Drill:
         return {"hooks": ran}
 
     def _restore(self, stack: ExitStack) -> dict[str, Any]:
+        """pg_restore each source. With ``jobs > 1`` the dump was fetched into a temp file while
+        the server was provisioned: that time counts in this step's seconds (its own work),
+        with the offsets showing when it ran."""
         pg = self.target.postgres
         if pg is None:
             return {"skipped": "no postgres in this target"}
+        if self._fetch_error is not None:
+            raise self._fetch_error
         _, _, store = self._store()
-        out = {}
+        out: dict[str, Any] = {}
+        work = 0.0
         for source, target in self.databases.items():
             body = self.manifests[source]
             artifact = ArtifactRecord.from_json(
                 next(a for a in body["artifacts"] if a["name"] == postgres.ARTIFACT)
             )
             sid = body["snapshot_id"]
-            key = DataKey(self.ctx.keyring.unwrap(body["encryption"]["data_key"], sid), sid)
-            t = time.monotonic()
-            postgres.restore(
-                target,
-                artifact,
-                store=store,
-                data_key=key,
-                force=False,
-                no_owner=True,
-                jobs=pg.jobs,
-                workdir=self.workdir,
-            )
-            out[source] = {
-                "snapshot_id": sid,
-                "bytes": artifact.size,
-                "seconds": round(time.monotonic() - t, 3),
-                "jobs": pg.jobs,
-            }
+            started = self._offset()
+            doc: dict[str, Any] = {"snapshot_id": sid, "bytes": artifact.size, "jobs": pg.jobs}
+            fetched = self._fetched.pop(source, None)
+            if fetched is not None:
+                path, fetch = fetched
+                pg_restore_file(target, path, jobs=pg.jobs, no_owner=True)
+                path.unlink()
+                restored = _span(started, self._offset())
+                seconds = fetch["seconds"] + restored["seconds"]
+                doc.update(seconds=round(seconds, 3), fetch_to_temp_file=fetch, pg_restore=restored)
+            else:
+                key = DataKey(self.ctx.keyring.unwrap(body["encryption"]["data_key"], sid), sid)
+                postgres.restore(
+                    target,
+                    artifact,
+                    store=store,
+                    data_key=key,
+                    force=False,
+                    no_owner=True,
+                    jobs=pg.jobs,
+                    workdir=self.workdir,
+                )
+                seconds = self._offset() - started
+                doc.update(seconds=round(seconds, 3), streamed=_span(started, self._offset()))
+            work += seconds
+            out[source] = doc
+        self._step_seconds = work
         return {"restored": out}
 
     def _fingerprints(self, stack: ExitStack) -> dict[str, Any]:
@@ -354,7 +540,12 @@ class Drill:
             mode = pg.get("fingerprint_mode", "full")
             mismatches: list[dict[str, Any]] = []
             if mode != "off":
-                actual = postgres.current_fingerprints(target, mode, pg.get("excluded_tables", []))
+                actual = postgres.current_fingerprints(
+                    target,
+                    mode,
+                    pg.get("excluded_tables", []),
+                    jobs=self.target.postgres.jobs if self.target.postgres else 1,
+                )
                 mismatches = postgres.compare(pg.get("tables", []), actual, strict=True)
             expected_head = (pg.get("schema_migrations") or {}).get("head")
             actual_head = None
@@ -570,6 +761,15 @@ def _http_probe(url: str, status: int, contains: str | None, timeout: float) -> 
     if contains is not None and contains not in body:
         return False, f"HTTP {code} but the body lacks {contains!r}"
     return True, f"HTTP {code}"
+
+
+def _span(started: float, finished: float) -> dict[str, float]:
+    """When some work ran, in seconds from the drill's start, and how long it took."""
+    return {
+        "started_at_s": round(started, 3),
+        "finished_at_s": round(finished, 3),
+        "seconds": round(finished - started, 3),
+    }
 
 
 def _env_name(source: str) -> str:

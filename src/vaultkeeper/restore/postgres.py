@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vaultkeeper import catalog
 from vaultkeeper.context import Context
 from vaultkeeper.crypto import DataKey
 from vaultkeeper.errors import IntegrityError, Refused
-from vaultkeeper.pipeline import ArtifactRecord
+from vaultkeeper.pipeline import ArtifactRecord, read_artifact
 from vaultkeeper.progress import Progress
+from vaultkeeper.runner import run
 from vaultkeeper.sources import postgres
+from vaultkeeper.store.base import ObjectStore
 
 
 @dataclass
@@ -127,3 +132,59 @@ def restore_postgres(
         migrations_expected=migrations.get("head"),
         migrations_actual=actual_head,
     )
+
+
+# ---------------------------------------------------------------- the two halves of a -j restore
+
+
+def fetch_dump(
+    artifact: ArtifactRecord,
+    *,
+    store: ObjectStore,
+    data_key: DataKey,
+    workdir: Path | None,
+    parallel: int = 4,
+) -> Path:
+    """The artifact's plaintext (every part checked, then the whole stream against the
+    manifest) in a new temp file in ``workdir``, for :func:`pg_restore_file`; the caller
+    removes it. Needs no database, so a drill runs it while its cluster starts. Nothing is
+    left behind when it fails."""
+    fd, name = tempfile.mkstemp(dir=workdir, prefix="vk-restore-", suffix=".dump")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in read_artifact(artifact, store=store, data_key=data_key, parallel=parallel):
+                fh.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def pg_restore_file(
+    target: postgres.Target, path: Path, *, jobs: int, no_owner: bool, force: bool = False
+) -> None:
+    """``pg_restore --jobs`` of a dump file from :func:`fetch_dump` into ``target``: the
+    ``jobs > 1`` half of :func:`vaultkeeper.sources.postgres.restore` (same checks, same flags),
+    for callers that fetch the dump earlier. A failure can leave a partly restored database."""
+    with target.connect() as conn:
+        major = postgres.server_major(conn)
+        existing = len(postgres.user_tables(conn))
+    if existing and not force:
+        raise Refused(
+            f"target database {target.dsn} is not empty ({existing} tables); restore into an "
+            "empty database, or pass --force to drop and replace the objects in the dump",
+            tables=existing,
+        )
+    argv = [
+        postgres.program("pg_restore", target, major),
+        "--exit-on-error",
+        "--no-password",
+        f"--dbname={target.dsn}",
+    ]
+    if force:
+        argv += ["--clean", "--if-exists"]
+    if no_owner:
+        argv += ["--no-owner", "--no-privileges"]
+    argv += [f"--jobs={max(jobs, 1)}", str(path)]
+    run(argv, env=target.env, secrets=target.secrets, timeout=None)
