@@ -28,6 +28,7 @@ digests would differ, and verification fails closed (safe mode) rather than pass
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import os
@@ -44,6 +45,7 @@ from vaultkeeper.archive.digest import (
     column_names,
     pinned_settings,
 )
+from vaultkeeper.pgcopy import copy_out
 
 _MOD = 2**64
 _ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.DOTALL)
@@ -227,14 +229,9 @@ def copy_fingerprint(
             rel=sql.Identifier(schema, name),
             cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
         )
-        with conn.cursor().copy(query) as copy:
-            batch = bytearray()
-            for data in copy:  # one row per message: hash in ~1 MiB batches
-                batch += data
-                if len(batch) >= 1 << 20:
-                    digest.update(batch)
-                    batch = bytearray()
-            digest.update(batch)
+        with contextlib.closing(copy_out(conn, query, 1 << 20)) as blocks:
+            for block in blocks:
+                digest.update(block)
     return digest.finish()
 
 

@@ -75,6 +75,7 @@ from vaultkeeper.config import LockPolicy
 from vaultkeeper.crypto import DataKey, Keyring, Signer, b3hex, new_data_key
 from vaultkeeper.errors import IntegrityError, VaultkeeperError
 from vaultkeeper.manifest import isoformat, new_snapshot_id, sign
+from vaultkeeper.pgcopy import RowCount, copy_out
 from vaultkeeper.pipeline import ArtifactRecord, WriteOptions, write_artifact
 from vaultkeeper.snapshot import lock_for
 from vaultkeeper.store.base import Lock, ObjectStore
@@ -121,36 +122,9 @@ def copy_query(info: TableInfo, chunk: Chunk) -> sql.Composed:
     )
 
 
-class _RowCounter:
-    """Counts the rows COPY delivered (one protocol message per row in text format)."""
-
-    def __init__(self) -> None:
-        self.rows = 0
-
-
-def _blocks(
-    copy: psycopg.Copy,
-    size: int,
-    counter: _RowCounter,
-    tap: Callable[[bytes], None] | None = None,
-) -> Iterator[bytes]:
-    """Re-block COPY's one-message-per-row stream into pipeline chunks of about ``size`` bytes
-    (whole rows; a chunk ends after the row that reaches ``size``). ``tap`` sees every chunk,
-    in order, before the pipeline does."""
-    buf = bytearray()
-    rows = 0
-    for data in copy:
-        buf += data
-        rows += 1
-        if len(buf) >= size:
-            block = bytes(buf)
-            buf.clear()
-            if tap is not None:
-                tap(block)
-            yield block
-    counter.rows = rows
-    if buf:
-        block = bytes(buf)
+def _tapped(blocks: Iterator[bytes], tap: Callable[[bytes], None] | None) -> Iterator[bytes]:
+    """``blocks`` unchanged; ``tap`` sees every block, in order, before the pipeline does."""
+    for block in blocks:
         if tap is not None:
             tap(block)
         yield block
@@ -259,14 +233,16 @@ def export_chunk(
     data_key = DataKey(raw_key, archive_id)
     lock = lock_for(policy, started)
     columns = [c.name for c in info.columns]
-    counter = _RowCounter()
+    counter = RowCount()
 
     def upload(
         copy_conn: psycopg.Connection[Any], tap: Callable[[bytes], None] | None = None
     ) -> ArtifactRecord:
-        with copy_conn.cursor().copy(copy_query(info, chunk)) as copy:
+        # whole rows, in blocks of the pipeline's chunk size, read at libpq speed
+        blocks = copy_out(copy_conn, copy_query(info, chunk), options.chunk_size, counter)
+        try:
             return write_artifact(
-                _blocks(copy, options.chunk_size, counter, tap),
+                _tapped(blocks, tap),
                 artifact=ARTIFACT,
                 fmt=ARTIFACT_FORMAT,
                 snapshot_id=archive_id,
@@ -276,6 +252,8 @@ def export_chunk(
                 options=options,
                 key_for=lambda _sid, _art, index: part_key(prefix, index),
             )
+        finally:
+            blocks.close()  # on failure: cancel the COPY before the transaction is rolled back
 
     try:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
