@@ -217,9 +217,10 @@ def _append(state_dir: Path, doc: dict[str, Any]) -> None:
 def ledger_check(ctx: Context, sample_percent: float) -> Callable[[dict[str, Any]], list[str]]:
     """The restic check verify runs on ledger snapshots: the source's ``read_data_percent``
     capped by ``sample_percent`` (the same rule as the ``verify`` command)."""
-    from vaultkeeper.sources import ledger
 
     def check(body: dict[str, Any]) -> list[str]:
+        from vaultkeeper.sources import ledger  # only when a ledger snapshot is verified
+
         src = ctx.config.sources.get((body.get("source") or {}).get("name", ""))
         configured = src.read_data_percent if isinstance(src, LedgerSource) else 10.0
         return ledger.check_snapshot(ctx, body, min(configured, sample_percent))
