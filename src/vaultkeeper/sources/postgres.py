@@ -34,6 +34,7 @@ from vaultkeeper.archive.digest import (
     PINNED_SETTINGS,
     Fingerprint,
     chunk_fingerprint,
+    combine,
 )
 from vaultkeeper.crypto import DataKey
 from vaultkeeper.errors import (
@@ -497,15 +498,20 @@ def current_fingerprints(
 
     Digests are read back with ``COPY`` and hashed here when the C digest is built (the server
     renders each row once and does not hash: about half its work), else the server computes
-    them; same values either way. ``jobs`` connections work in parallel, largest tables first.
-    Meant for a database nobody writes to (a restore just made): tables are not read in one
-    snapshot when ``jobs`` > 1.
+    them; same values either way. ``jobs`` connections work in parallel, largest pieces first:
+    on PostgreSQL 14 or later a table larger than its share is read in heap-block ranges, so one
+    big table does not leave the other connections idle. Meant for a database nobody writes to
+    (a restore just made): with ``jobs`` > 1 the tables are not read in one snapshot.
     """
     via_copy = mode == "full" and copytext.NATIVE
     with target.connect() as conn:
         tables = user_tables(conn, exclude)
-        if jobs <= 1 or len(tables) <= 1:
+        if jobs <= 1 or not tables:
             return [_table_fingerprint(conn, s, t, mode, via_copy=via_copy) for s, t in tables]
+        row = conn.execute("SELECT current_setting('block_size')::int").fetchone()
+        assert row is not None
+        block_size = int(row[0])
+        splittable = via_copy and server_major(conn) >= 14
         sizes = dict(
             ((r[0], r[1]), int(r[2]))
             for r in conn.execute(
@@ -513,22 +519,58 @@ def current_fingerprints(
                 " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r'"
             ).fetchall()
         )
-    pending = sorted(tables, key=lambda t: -sizes.get(t, 0))
+    pieces = _pieces(tables, sizes, block_size, jobs, splittable)
     lock = threading.Lock()
-    results: dict[tuple[str, str], dict[str, Any]] = {}
+    found: dict[tuple[str, str], list[Fingerprint]] = {t: [] for t in tables}
+    entries: dict[tuple[str, str], dict[str, Any]] = {}
 
     def work() -> None:
         with target.connect() as conn:
             while True:
                 with lock:
-                    if not pending:
+                    if not pieces:
                         return
-                    schema, table = pending.pop(0)
-                results[(schema, table)] = _table_fingerprint(
-                    conn, schema, table, mode, via_copy=via_copy
-                )
+                    table, blocks = pieces.pop(0)
+                if blocks is None:
+                    entries[table] = _table_fingerprint(conn, *table, mode, via_copy=via_copy)
+                    continue
+                fp = copytext.copy_fingerprint(conn, *table, block_range=blocks)
+                with lock:
+                    found[table].append(fp)
 
-    with ThreadPoolExecutor(max_workers=min(jobs, len(tables))) as pool:
-        for future in [pool.submit(work) for _ in range(min(jobs, len(tables)))]:
+    workers = min(jobs, len(pieces))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for future in [pool.submit(work) for _ in range(workers)]:
             future.result()
-    return [results[t] for t in tables]
+    for table, parts in found.items():
+        if parts:
+            rows, digest = combine(parts)
+            entries[table] = {"schema": table[0], "table": table[1], "rows": rows, "digest": digest}
+    return [entries[t] for t in tables]
+
+
+def _pieces(
+    tables: list[tuple[str, str]],
+    sizes: dict[tuple[str, str], int],
+    block_size: int,
+    jobs: int,
+    splittable: bool,
+) -> list[tuple[tuple[str, str], tuple[int, int | None] | None]]:
+    """Work for :func:`current_fingerprints`, largest first: whole tables (``None``) and, for
+    a table larger than ``1 / (2 * jobs)`` of the total, up to ``4 * jobs`` block ranges (the
+    last one open-ended, so no row is missed whatever the size estimate)."""
+    share = max(1, sum(sizes.get(t, 0) for t in tables) // (2 * jobs))
+    out: list[tuple[tuple[str, str], tuple[int, int | None] | None, int]] = []
+    for table in tables:
+        size = sizes.get(table, 0)
+        n = min(4 * jobs, -(-size // share)) if splittable and size > share else 1
+        nblocks = size // block_size
+        if n <= 1 or nblocks < n:
+            out.append((table, None, size))
+            continue
+        step = -(-nblocks // n)
+        for i in range(n):
+            end = (i + 1) * step if i < n - 1 else None
+            out.append((table, (i * step, end), size // n))
+    out.sort(key=lambda p: -p[2])
+    return [(table, blocks) for table, blocks, _ in out]
