@@ -140,7 +140,7 @@ static uint64_t md5_head64_padded(const uint8_t *msg, size_t blocks)
     return (uint64_t)bswap32(h[0]) << 32 | bswap32(h[1]);
 }
 
-#define LANES 4
+#define LANES 8
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -158,114 +158,207 @@ static uint64_t md5_head64_padded(const uint8_t *msg, size_t blocks)
 
 static const uint8_t zero_block[64];
 
-/* Four padded messages at once, one per 32-bit lane; adds their head64 values to *sum. */
-static void md5x4_sum(uint8_t *const msg[LANES], const size_t blocks[LANES], uint64_t *sum)
+/* Load block j of four messages (zero_block where a message is shorter) and transpose, so
+ * m[i] holds word i of each message, one per lane; live[l] is -1 where message l has block j. */
+static void load4(uint8_t *const msg[4], const size_t blocks[4], size_t j, __m128i m[16],
+                  int live[4])
+{
+    const uint8_t *p[4];
+    for (int l = 0; l < 4; l++) {
+        live[l] = j < blocks[l] ? -1 : 0;
+        p[l] = live[l] ? msg[l] + 64 * j : zero_block;
+    }
+    for (int q = 0; q < 4; q++) {
+        __m128i r0 = _mm_loadu_si128((const __m128i *)(p[0] + 16 * q));
+        __m128i r1 = _mm_loadu_si128((const __m128i *)(p[1] + 16 * q));
+        __m128i r2 = _mm_loadu_si128((const __m128i *)(p[2] + 16 * q));
+        __m128i r3 = _mm_loadu_si128((const __m128i *)(p[3] + 16 * q));
+        __m128i t0 = _mm_unpacklo_epi32(r0, r1), t1 = _mm_unpacklo_epi32(r2, r3);
+        __m128i t2 = _mm_unpackhi_epi32(r0, r1), t3 = _mm_unpackhi_epi32(r2, r3);
+        m[4 * q] = _mm_unpacklo_epi64(t0, t1);
+        m[4 * q + 1] = _mm_unpackhi_epi64(t0, t1);
+        m[4 * q + 2] = _mm_unpacklo_epi64(t2, t3);
+        m[4 * q + 3] = _mm_unpackhi_epi64(t2, t3);
+    }
+}
+
+/* x = keep ? x + x0 : x0, lane by lane */
+#define VFOLD(keep, x, x0)                                                                      \
+    (x) = _mm_or_si128(_mm_and_si128((keep), _mm_add_epi32((x), (x0))),                         \
+                       _mm_andnot_si128((keep), (x0)))
+
+static void add_heads(__m128i a, __m128i b, uint64_t *sum)
+{
+    uint32_t ha[4], hb[4];
+    _mm_storeu_si128((__m128i *)ha, a);
+    _mm_storeu_si128((__m128i *)hb, b);
+    for (int l = 0; l < 4; l++)
+        *sum += (uint64_t)bswap32(ha[l]) << 32 | bswap32(hb[l]);
+}
+
+/* Eight padded messages at once: two groups of four 32-bit lanes whose step chains are
+ * interleaved (MD5 is bound by the latency of its serial chain; two independent chains fill
+ * the pipeline). Adds the eight head64 values to *sum. */
+static void md5x8_sum(uint8_t *const msg[LANES], const size_t blocks[LANES], uint64_t *sum)
 {
     const __m128i ones = _mm_set1_epi32(-1);
-    __m128i a = _mm_set1_epi32(0x67452301), b = _mm_set1_epi32((int)0xefcdab89),
-            c = _mm_set1_epi32((int)0x98badcfe), d = _mm_set1_epi32(0x10325476);
+    __m128i a0 = _mm_set1_epi32(0x67452301), b0 = _mm_set1_epi32((int)0xefcdab89),
+            c0 = _mm_set1_epi32((int)0x98badcfe), d0 = _mm_set1_epi32(0x10325476);
+    __m128i a1 = a0, b1 = b0, c1 = c0, d1 = d0;
     size_t most = 0;
     for (int l = 0; l < LANES; l++)
         most = blocks[l] > most ? blocks[l] : most;
     for (size_t j = 0; j < most; j++) {
-        const uint8_t *p[LANES];
-        int live[LANES];
-        for (int l = 0; l < LANES; l++) {
-            live[l] = j < blocks[l] ? -1 : 0;
-            p[l] = live[l] ? msg[l] + 64 * j : zero_block;
-        }
-        __m128i m[16];
-        for (int q = 0; q < 4; q++) {
-            __m128i r0 = _mm_loadu_si128((const __m128i *)(p[0] + 16 * q));
-            __m128i r1 = _mm_loadu_si128((const __m128i *)(p[1] + 16 * q));
-            __m128i r2 = _mm_loadu_si128((const __m128i *)(p[2] + 16 * q));
-            __m128i r3 = _mm_loadu_si128((const __m128i *)(p[3] + 16 * q));
-            __m128i t0 = _mm_unpacklo_epi32(r0, r1), t1 = _mm_unpacklo_epi32(r2, r3);
-            __m128i t2 = _mm_unpackhi_epi32(r0, r1), t3 = _mm_unpackhi_epi32(r2, r3);
-            m[4 * q] = _mm_unpacklo_epi64(t0, t1);
-            m[4 * q + 1] = _mm_unpackhi_epi64(t0, t1);
-            m[4 * q + 2] = _mm_unpacklo_epi64(t2, t3);
-            m[4 * q + 3] = _mm_unpackhi_epi64(t2, t3);
-        }
-        __m128i a0 = a, b0 = b, c0 = c, d0 = d;
-        VSTEP(VF, a, b, c, d, m[0], 0xd76aa478, 7);
-        VSTEP(VF, d, a, b, c, m[1], 0xe8c7b756, 12);
-        VSTEP(VF, c, d, a, b, m[2], 0x242070db, 17);
-        VSTEP(VF, b, c, d, a, m[3], 0xc1bdceee, 22);
-        VSTEP(VF, a, b, c, d, m[4], 0xf57c0faf, 7);
-        VSTEP(VF, d, a, b, c, m[5], 0x4787c62a, 12);
-        VSTEP(VF, c, d, a, b, m[6], 0xa8304613, 17);
-        VSTEP(VF, b, c, d, a, m[7], 0xfd469501, 22);
-        VSTEP(VF, a, b, c, d, m[8], 0x698098d8, 7);
-        VSTEP(VF, d, a, b, c, m[9], 0x8b44f7af, 12);
-        VSTEP(VF, c, d, a, b, m[10], 0xffff5bb1, 17);
-        VSTEP(VF, b, c, d, a, m[11], 0x895cd7be, 22);
-        VSTEP(VF, a, b, c, d, m[12], 0x6b901122, 7);
-        VSTEP(VF, d, a, b, c, m[13], 0xfd987193, 12);
-        VSTEP(VF, c, d, a, b, m[14], 0xa679438e, 17);
-        VSTEP(VF, b, c, d, a, m[15], 0x49b40821, 22);
-        VSTEP(VG, a, b, c, d, m[1], 0xf61e2562, 5);
-        VSTEP(VG, d, a, b, c, m[6], 0xc040b340, 9);
-        VSTEP(VG, c, d, a, b, m[11], 0x265e5a51, 14);
-        VSTEP(VG, b, c, d, a, m[0], 0xe9b6c7aa, 20);
-        VSTEP(VG, a, b, c, d, m[5], 0xd62f105d, 5);
-        VSTEP(VG, d, a, b, c, m[10], 0x02441453, 9);
-        VSTEP(VG, c, d, a, b, m[15], 0xd8a1e681, 14);
-        VSTEP(VG, b, c, d, a, m[4], 0xe7d3fbc8, 20);
-        VSTEP(VG, a, b, c, d, m[9], 0x21e1cde6, 5);
-        VSTEP(VG, d, a, b, c, m[14], 0xc33707d6, 9);
-        VSTEP(VG, c, d, a, b, m[3], 0xf4d50d87, 14);
-        VSTEP(VG, b, c, d, a, m[8], 0x455a14ed, 20);
-        VSTEP(VG, a, b, c, d, m[13], 0xa9e3e905, 5);
-        VSTEP(VG, d, a, b, c, m[2], 0xfcefa3f8, 9);
-        VSTEP(VG, c, d, a, b, m[7], 0x676f02d9, 14);
-        VSTEP(VG, b, c, d, a, m[12], 0x8d2a4c8a, 20);
-        VSTEP(VH, a, b, c, d, m[5], 0xfffa3942, 4);
-        VSTEP(VH, d, a, b, c, m[8], 0x8771f681, 11);
-        VSTEP(VH, c, d, a, b, m[11], 0x6d9d6122, 16);
-        VSTEP(VH, b, c, d, a, m[14], 0xfde5380c, 23);
-        VSTEP(VH, a, b, c, d, m[1], 0xa4beea44, 4);
-        VSTEP(VH, d, a, b, c, m[4], 0x4bdecfa9, 11);
-        VSTEP(VH, c, d, a, b, m[7], 0xf6bb4b60, 16);
-        VSTEP(VH, b, c, d, a, m[10], 0xbebfbc70, 23);
-        VSTEP(VH, a, b, c, d, m[13], 0x289b7ec6, 4);
-        VSTEP(VH, d, a, b, c, m[0], 0xeaa127fa, 11);
-        VSTEP(VH, c, d, a, b, m[3], 0xd4ef3085, 16);
-        VSTEP(VH, b, c, d, a, m[6], 0x04881d05, 23);
-        VSTEP(VH, a, b, c, d, m[9], 0xd9d4d039, 4);
-        VSTEP(VH, d, a, b, c, m[12], 0xe6db99e5, 11);
-        VSTEP(VH, c, d, a, b, m[15], 0x1fa27cf8, 16);
-        VSTEP(VH, b, c, d, a, m[2], 0xc4ac5665, 23);
-        VSTEP(VI, a, b, c, d, m[0], 0xf4292244, 6);
-        VSTEP(VI, d, a, b, c, m[7], 0x432aff97, 10);
-        VSTEP(VI, c, d, a, b, m[14], 0xab9423a7, 15);
-        VSTEP(VI, b, c, d, a, m[5], 0xfc93a039, 21);
-        VSTEP(VI, a, b, c, d, m[12], 0x655b59c3, 6);
-        VSTEP(VI, d, a, b, c, m[3], 0x8f0ccc92, 10);
-        VSTEP(VI, c, d, a, b, m[10], 0xffeff47d, 15);
-        VSTEP(VI, b, c, d, a, m[1], 0x85845dd1, 21);
-        VSTEP(VI, a, b, c, d, m[8], 0x6fa87e4f, 6);
-        VSTEP(VI, d, a, b, c, m[15], 0xfe2ce6e0, 10);
-        VSTEP(VI, c, d, a, b, m[6], 0xa3014314, 15);
-        VSTEP(VI, b, c, d, a, m[13], 0x4e0811a1, 21);
-        VSTEP(VI, a, b, c, d, m[4], 0xf7537e82, 6);
-        VSTEP(VI, d, a, b, c, m[11], 0xbd3af235, 10);
-        VSTEP(VI, c, d, a, b, m[2], 0x2ad7d2bb, 15);
-        VSTEP(VI, b, c, d, a, m[9], 0xeb86d391, 21);
-        __m128i keep = _mm_set_epi32(live[3], live[2], live[1], live[0]);
-        a = _mm_or_si128(_mm_and_si128(keep, _mm_add_epi32(a, a0)), _mm_andnot_si128(keep, a0));
-        b = _mm_or_si128(_mm_and_si128(keep, _mm_add_epi32(b, b0)), _mm_andnot_si128(keep, b0));
-        c = _mm_or_si128(_mm_and_si128(keep, _mm_add_epi32(c, c0)), _mm_andnot_si128(keep, c0));
-        d = _mm_or_si128(_mm_and_si128(keep, _mm_add_epi32(d, d0)), _mm_andnot_si128(keep, d0));
+        __m128i m0[16], m1[16];
+        int live0[4], live1[4];
+        load4(msg, blocks, j, m0, live0);
+        load4(msg + 4, blocks + 4, j, m1, live1);
+        __m128i sa0 = a0, sb0 = b0, sc0 = c0, sd0 = d0;
+        __m128i sa1 = a1, sb1 = b1, sc1 = c1, sd1 = d1;
+        VSTEP(VF, a0, b0, c0, d0, m0[0], 0xd76aa478, 7);
+        VSTEP(VF, a1, b1, c1, d1, m1[0], 0xd76aa478, 7);
+        VSTEP(VF, d0, a0, b0, c0, m0[1], 0xe8c7b756, 12);
+        VSTEP(VF, d1, a1, b1, c1, m1[1], 0xe8c7b756, 12);
+        VSTEP(VF, c0, d0, a0, b0, m0[2], 0x242070db, 17);
+        VSTEP(VF, c1, d1, a1, b1, m1[2], 0x242070db, 17);
+        VSTEP(VF, b0, c0, d0, a0, m0[3], 0xc1bdceee, 22);
+        VSTEP(VF, b1, c1, d1, a1, m1[3], 0xc1bdceee, 22);
+        VSTEP(VF, a0, b0, c0, d0, m0[4], 0xf57c0faf, 7);
+        VSTEP(VF, a1, b1, c1, d1, m1[4], 0xf57c0faf, 7);
+        VSTEP(VF, d0, a0, b0, c0, m0[5], 0x4787c62a, 12);
+        VSTEP(VF, d1, a1, b1, c1, m1[5], 0x4787c62a, 12);
+        VSTEP(VF, c0, d0, a0, b0, m0[6], 0xa8304613, 17);
+        VSTEP(VF, c1, d1, a1, b1, m1[6], 0xa8304613, 17);
+        VSTEP(VF, b0, c0, d0, a0, m0[7], 0xfd469501, 22);
+        VSTEP(VF, b1, c1, d1, a1, m1[7], 0xfd469501, 22);
+        VSTEP(VF, a0, b0, c0, d0, m0[8], 0x698098d8, 7);
+        VSTEP(VF, a1, b1, c1, d1, m1[8], 0x698098d8, 7);
+        VSTEP(VF, d0, a0, b0, c0, m0[9], 0x8b44f7af, 12);
+        VSTEP(VF, d1, a1, b1, c1, m1[9], 0x8b44f7af, 12);
+        VSTEP(VF, c0, d0, a0, b0, m0[10], 0xffff5bb1, 17);
+        VSTEP(VF, c1, d1, a1, b1, m1[10], 0xffff5bb1, 17);
+        VSTEP(VF, b0, c0, d0, a0, m0[11], 0x895cd7be, 22);
+        VSTEP(VF, b1, c1, d1, a1, m1[11], 0x895cd7be, 22);
+        VSTEP(VF, a0, b0, c0, d0, m0[12], 0x6b901122, 7);
+        VSTEP(VF, a1, b1, c1, d1, m1[12], 0x6b901122, 7);
+        VSTEP(VF, d0, a0, b0, c0, m0[13], 0xfd987193, 12);
+        VSTEP(VF, d1, a1, b1, c1, m1[13], 0xfd987193, 12);
+        VSTEP(VF, c0, d0, a0, b0, m0[14], 0xa679438e, 17);
+        VSTEP(VF, c1, d1, a1, b1, m1[14], 0xa679438e, 17);
+        VSTEP(VF, b0, c0, d0, a0, m0[15], 0x49b40821, 22);
+        VSTEP(VF, b1, c1, d1, a1, m1[15], 0x49b40821, 22);
+        VSTEP(VG, a0, b0, c0, d0, m0[1], 0xf61e2562, 5);
+        VSTEP(VG, a1, b1, c1, d1, m1[1], 0xf61e2562, 5);
+        VSTEP(VG, d0, a0, b0, c0, m0[6], 0xc040b340, 9);
+        VSTEP(VG, d1, a1, b1, c1, m1[6], 0xc040b340, 9);
+        VSTEP(VG, c0, d0, a0, b0, m0[11], 0x265e5a51, 14);
+        VSTEP(VG, c1, d1, a1, b1, m1[11], 0x265e5a51, 14);
+        VSTEP(VG, b0, c0, d0, a0, m0[0], 0xe9b6c7aa, 20);
+        VSTEP(VG, b1, c1, d1, a1, m1[0], 0xe9b6c7aa, 20);
+        VSTEP(VG, a0, b0, c0, d0, m0[5], 0xd62f105d, 5);
+        VSTEP(VG, a1, b1, c1, d1, m1[5], 0xd62f105d, 5);
+        VSTEP(VG, d0, a0, b0, c0, m0[10], 0x02441453, 9);
+        VSTEP(VG, d1, a1, b1, c1, m1[10], 0x02441453, 9);
+        VSTEP(VG, c0, d0, a0, b0, m0[15], 0xd8a1e681, 14);
+        VSTEP(VG, c1, d1, a1, b1, m1[15], 0xd8a1e681, 14);
+        VSTEP(VG, b0, c0, d0, a0, m0[4], 0xe7d3fbc8, 20);
+        VSTEP(VG, b1, c1, d1, a1, m1[4], 0xe7d3fbc8, 20);
+        VSTEP(VG, a0, b0, c0, d0, m0[9], 0x21e1cde6, 5);
+        VSTEP(VG, a1, b1, c1, d1, m1[9], 0x21e1cde6, 5);
+        VSTEP(VG, d0, a0, b0, c0, m0[14], 0xc33707d6, 9);
+        VSTEP(VG, d1, a1, b1, c1, m1[14], 0xc33707d6, 9);
+        VSTEP(VG, c0, d0, a0, b0, m0[3], 0xf4d50d87, 14);
+        VSTEP(VG, c1, d1, a1, b1, m1[3], 0xf4d50d87, 14);
+        VSTEP(VG, b0, c0, d0, a0, m0[8], 0x455a14ed, 20);
+        VSTEP(VG, b1, c1, d1, a1, m1[8], 0x455a14ed, 20);
+        VSTEP(VG, a0, b0, c0, d0, m0[13], 0xa9e3e905, 5);
+        VSTEP(VG, a1, b1, c1, d1, m1[13], 0xa9e3e905, 5);
+        VSTEP(VG, d0, a0, b0, c0, m0[2], 0xfcefa3f8, 9);
+        VSTEP(VG, d1, a1, b1, c1, m1[2], 0xfcefa3f8, 9);
+        VSTEP(VG, c0, d0, a0, b0, m0[7], 0x676f02d9, 14);
+        VSTEP(VG, c1, d1, a1, b1, m1[7], 0x676f02d9, 14);
+        VSTEP(VG, b0, c0, d0, a0, m0[12], 0x8d2a4c8a, 20);
+        VSTEP(VG, b1, c1, d1, a1, m1[12], 0x8d2a4c8a, 20);
+        VSTEP(VH, a0, b0, c0, d0, m0[5], 0xfffa3942, 4);
+        VSTEP(VH, a1, b1, c1, d1, m1[5], 0xfffa3942, 4);
+        VSTEP(VH, d0, a0, b0, c0, m0[8], 0x8771f681, 11);
+        VSTEP(VH, d1, a1, b1, c1, m1[8], 0x8771f681, 11);
+        VSTEP(VH, c0, d0, a0, b0, m0[11], 0x6d9d6122, 16);
+        VSTEP(VH, c1, d1, a1, b1, m1[11], 0x6d9d6122, 16);
+        VSTEP(VH, b0, c0, d0, a0, m0[14], 0xfde5380c, 23);
+        VSTEP(VH, b1, c1, d1, a1, m1[14], 0xfde5380c, 23);
+        VSTEP(VH, a0, b0, c0, d0, m0[1], 0xa4beea44, 4);
+        VSTEP(VH, a1, b1, c1, d1, m1[1], 0xa4beea44, 4);
+        VSTEP(VH, d0, a0, b0, c0, m0[4], 0x4bdecfa9, 11);
+        VSTEP(VH, d1, a1, b1, c1, m1[4], 0x4bdecfa9, 11);
+        VSTEP(VH, c0, d0, a0, b0, m0[7], 0xf6bb4b60, 16);
+        VSTEP(VH, c1, d1, a1, b1, m1[7], 0xf6bb4b60, 16);
+        VSTEP(VH, b0, c0, d0, a0, m0[10], 0xbebfbc70, 23);
+        VSTEP(VH, b1, c1, d1, a1, m1[10], 0xbebfbc70, 23);
+        VSTEP(VH, a0, b0, c0, d0, m0[13], 0x289b7ec6, 4);
+        VSTEP(VH, a1, b1, c1, d1, m1[13], 0x289b7ec6, 4);
+        VSTEP(VH, d0, a0, b0, c0, m0[0], 0xeaa127fa, 11);
+        VSTEP(VH, d1, a1, b1, c1, m1[0], 0xeaa127fa, 11);
+        VSTEP(VH, c0, d0, a0, b0, m0[3], 0xd4ef3085, 16);
+        VSTEP(VH, c1, d1, a1, b1, m1[3], 0xd4ef3085, 16);
+        VSTEP(VH, b0, c0, d0, a0, m0[6], 0x04881d05, 23);
+        VSTEP(VH, b1, c1, d1, a1, m1[6], 0x04881d05, 23);
+        VSTEP(VH, a0, b0, c0, d0, m0[9], 0xd9d4d039, 4);
+        VSTEP(VH, a1, b1, c1, d1, m1[9], 0xd9d4d039, 4);
+        VSTEP(VH, d0, a0, b0, c0, m0[12], 0xe6db99e5, 11);
+        VSTEP(VH, d1, a1, b1, c1, m1[12], 0xe6db99e5, 11);
+        VSTEP(VH, c0, d0, a0, b0, m0[15], 0x1fa27cf8, 16);
+        VSTEP(VH, c1, d1, a1, b1, m1[15], 0x1fa27cf8, 16);
+        VSTEP(VH, b0, c0, d0, a0, m0[2], 0xc4ac5665, 23);
+        VSTEP(VH, b1, c1, d1, a1, m1[2], 0xc4ac5665, 23);
+        VSTEP(VI, a0, b0, c0, d0, m0[0], 0xf4292244, 6);
+        VSTEP(VI, a1, b1, c1, d1, m1[0], 0xf4292244, 6);
+        VSTEP(VI, d0, a0, b0, c0, m0[7], 0x432aff97, 10);
+        VSTEP(VI, d1, a1, b1, c1, m1[7], 0x432aff97, 10);
+        VSTEP(VI, c0, d0, a0, b0, m0[14], 0xab9423a7, 15);
+        VSTEP(VI, c1, d1, a1, b1, m1[14], 0xab9423a7, 15);
+        VSTEP(VI, b0, c0, d0, a0, m0[5], 0xfc93a039, 21);
+        VSTEP(VI, b1, c1, d1, a1, m1[5], 0xfc93a039, 21);
+        VSTEP(VI, a0, b0, c0, d0, m0[12], 0x655b59c3, 6);
+        VSTEP(VI, a1, b1, c1, d1, m1[12], 0x655b59c3, 6);
+        VSTEP(VI, d0, a0, b0, c0, m0[3], 0x8f0ccc92, 10);
+        VSTEP(VI, d1, a1, b1, c1, m1[3], 0x8f0ccc92, 10);
+        VSTEP(VI, c0, d0, a0, b0, m0[10], 0xffeff47d, 15);
+        VSTEP(VI, c1, d1, a1, b1, m1[10], 0xffeff47d, 15);
+        VSTEP(VI, b0, c0, d0, a0, m0[1], 0x85845dd1, 21);
+        VSTEP(VI, b1, c1, d1, a1, m1[1], 0x85845dd1, 21);
+        VSTEP(VI, a0, b0, c0, d0, m0[8], 0x6fa87e4f, 6);
+        VSTEP(VI, a1, b1, c1, d1, m1[8], 0x6fa87e4f, 6);
+        VSTEP(VI, d0, a0, b0, c0, m0[15], 0xfe2ce6e0, 10);
+        VSTEP(VI, d1, a1, b1, c1, m1[15], 0xfe2ce6e0, 10);
+        VSTEP(VI, c0, d0, a0, b0, m0[6], 0xa3014314, 15);
+        VSTEP(VI, c1, d1, a1, b1, m1[6], 0xa3014314, 15);
+        VSTEP(VI, b0, c0, d0, a0, m0[13], 0x4e0811a1, 21);
+        VSTEP(VI, b1, c1, d1, a1, m1[13], 0x4e0811a1, 21);
+        VSTEP(VI, a0, b0, c0, d0, m0[4], 0xf7537e82, 6);
+        VSTEP(VI, a1, b1, c1, d1, m1[4], 0xf7537e82, 6);
+        VSTEP(VI, d0, a0, b0, c0, m0[11], 0xbd3af235, 10);
+        VSTEP(VI, d1, a1, b1, c1, m1[11], 0xbd3af235, 10);
+        VSTEP(VI, c0, d0, a0, b0, m0[2], 0x2ad7d2bb, 15);
+        VSTEP(VI, c1, d1, a1, b1, m1[2], 0x2ad7d2bb, 15);
+        VSTEP(VI, b0, c0, d0, a0, m0[9], 0xeb86d391, 21);
+        VSTEP(VI, b1, c1, d1, a1, m1[9], 0xeb86d391, 21);
+        __m128i keep0 = _mm_set_epi32(live0[3], live0[2], live0[1], live0[0]);
+        __m128i keep1 = _mm_set_epi32(live1[3], live1[2], live1[1], live1[0]);
+        VFOLD(keep0, a0, sa0);
+        VFOLD(keep0, b0, sb0);
+        VFOLD(keep0, c0, sc0);
+        VFOLD(keep0, d0, sd0);
+        VFOLD(keep1, a1, sa1);
+        VFOLD(keep1, b1, sb1);
+        VFOLD(keep1, c1, sc1);
+        VFOLD(keep1, d1, sd1);
     }
-    uint32_t ha[LANES], hb[LANES];
-    _mm_storeu_si128((__m128i *)ha, a);
-    _mm_storeu_si128((__m128i *)hb, b);
-    for (int l = 0; l < LANES; l++)
-        *sum += (uint64_t)bswap32(ha[l]) << 32 | bswap32(hb[l]);
+    add_heads(a0, b0, sum);
+    add_heads(a1, b1, sum);
 }
 #else
-static void md5x4_sum(uint8_t *const msg[LANES], const size_t blocks[LANES], uint64_t *sum)
+static void md5x8_sum(uint8_t *const msg[LANES], const size_t blocks[LANES], uint64_t *sum)
 {
     for (int l = 0; l < LANES; l++)
         *sum += md5_head64_padded(msg[l], blocks[l]);
@@ -439,7 +532,7 @@ static int add_line(copy_state *s, const uint8_t *line, size_t n)
         uint8_t *msg[LANES];
         for (int l = 0; l < LANES; l++)
             msg[l] = s->lane[l].data;
-        md5x4_sum(msg, s->lane_blocks, &s->sum);
+        md5x8_sum(msg, s->lane_blocks, &s->sum);
         s->nlanes = 0;
     }
     return 0;
