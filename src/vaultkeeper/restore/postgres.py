@@ -111,7 +111,8 @@ def restore_postgres(
     expected = pg.get("tables", [])
     mode = pg.get("fingerprint_mode", "full")
     actual = (
-        postgres.current_fingerprints(target, mode, pg.get("excluded_tables", []))
+        # read back over two connections: nobody writes to a database just restored
+        postgres.current_fingerprints(target, mode, pg.get("excluded_tables", []), jobs=2)
         if mode != "off"
         else []
     )
