@@ -505,7 +505,13 @@ class Drill:
             fetched = self._fetched.pop(source, None)
             if fetched is not None:
                 path, fetch = fetched
-                pg_restore_file(target, path, jobs=pg.jobs, no_owner=True)
+                pg_restore_file(
+                    target,
+                    path,
+                    jobs=pg.jobs,
+                    no_owner=True,
+                    timescaledb_version=body["source"].get("timescaledb_version"),
+                )
                 path.unlink()
                 restored = _span(started, self._offset())
                 seconds = fetch["seconds"] + restored["seconds"]
@@ -521,6 +527,7 @@ class Drill:
                     no_owner=True,
                     jobs=pg.jobs,
                     workdir=self.workdir,
+                    timescaledb_version=body["source"].get("timescaledb_version"),
                 )
                 seconds = self._offset() - started
                 doc.update(seconds=round(seconds, 3), streamed=_span(started, self._offset()))

@@ -105,6 +105,7 @@ def restore_postgres(
         force=force,
         no_owner=no_owner,
         progress=bar,
+        timescaledb_version=(body.get("source") or {}).get("timescaledb_version"),
     )
     bar.finish()
     pg = body.get("postgres", {})
@@ -163,29 +164,22 @@ def fetch_dump(
 
 
 def pg_restore_file(
-    target: postgres.Target, path: Path, *, jobs: int, no_owner: bool, force: bool = False
+    target: postgres.Target,
+    path: Path,
+    *,
+    jobs: int,
+    no_owner: bool,
+    force: bool = False,
+    timescaledb_version: str | None = None,
 ) -> None:
     """``pg_restore --jobs`` of a dump file from :func:`fetch_dump` into ``target``: the
-    ``jobs > 1`` half of :func:`vaultkeeper.sources.postgres.restore` (same checks, same flags),
-    for callers that fetch the dump earlier. A failure can leave a partly restored database."""
-    with target.connect() as conn:
-        major = postgres.server_major(conn)
-        existing = len(postgres.user_tables(conn))
-    if existing and not force:
-        raise Refused(
-            f"target database {target.dsn} is not empty ({existing} tables); restore into an "
-            "empty database, or pass --force to drop and replace the objects in the dump",
-            tables=existing,
-        )
-    argv = [
-        postgres.program("pg_restore", target, major),
-        "--exit-on-error",
-        "--no-password",
-        f"--dbname={target.dsn}",
-    ]
-    if force:
-        argv += ["--clean", "--if-exists"]
-    if no_owner:
-        argv += ["--no-owner", "--no-privileges"]
-    argv += [f"--jobs={max(jobs, 1)}", str(path)]
-    run(argv, env=target.env, secrets=target.secrets, timeout=None)
+    ``jobs > 1`` half of :func:`vaultkeeper.sources.postgres.restore` (same checks, same flags,
+    same TimescaleDB procedure), for callers that fetch the dump earlier. A failure can leave a
+    partly restored database."""
+    major = postgres.prepare_target(target, force=force, timescaledb_version=timescaledb_version)
+    try:
+        argv = postgres.pg_restore_argv(target, major, force=force, no_owner=no_owner)
+        argv += [f"--jobs={max(jobs, 1)}", str(path)]
+        run(argv, env=target.env, secrets=target.secrets, timeout=None)
+    finally:
+        postgres.finish_target(target, timescaledb_version)

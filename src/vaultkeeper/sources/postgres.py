@@ -405,6 +405,94 @@ def user_table_count(target: Target) -> int:
         return len(user_tables(conn))
 
 
+def prepare_target(target: Target, *, force: bool, timescaledb_version: str | None = None) -> int:
+    """Check ``target`` before a restore; return its server's major version.
+
+    Refuses a database that already has tables unless ``force``. For a snapshot of a
+    TimescaleDB database (``timescaledb_version`` from the manifest) it follows TimescaleDB's
+    documented logical-restore procedure: the extension is created at the snapshot's version
+    (refused when the server cannot install that version, or the database has another one) and
+    the database is put in restore mode with ``timescaledb_pre_restore()``; call
+    :func:`finish_target` after pg_restore, whatever its outcome.
+    """
+    with target.connect() as conn:
+        major = server_major(conn)
+        existing = len(user_tables(conn))
+        if existing and not force:
+            raise Refused(
+                f"target database {target.dsn} is not empty ({existing} tables); restore into "
+                "an empty database, or pass --force to drop and replace the objects in the dump",
+                tables=existing,
+            )
+        if timescaledb_version:
+            if force:
+                raise Refused(
+                    "the snapshot is of a TimescaleDB database: restore it into an empty "
+                    "database (--force would drop the extension in the middle of the restore)"
+                )
+            _timescaledb_pre_restore(conn, target, timescaledb_version)
+    return major
+
+
+def _timescaledb_pre_restore(conn: psycopg.Connection[Any], target: Target, version: str) -> None:
+    row = conn.execute(
+        "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+    ).fetchone()
+    if row is not None and row[0] != version:
+        raise Refused(
+            f"target database {target.dsn} has TimescaleDB {row[0]}, the snapshot was taken with "
+            f"{version}: restore into a database with TimescaleDB {version}, then upgrade"
+        )
+    try:
+        if row is None:
+            available = conn.execute(
+                "SELECT 1 FROM pg_available_extension_versions"
+                " WHERE name = 'timescaledb' AND version = %s",
+                [version],
+            ).fetchone()
+            if available is None:
+                raise Refused(
+                    f"the snapshot is of a TimescaleDB {version} database, and the server of "
+                    f"{target.dsn} cannot install TimescaleDB {version}: install that version "
+                    "there (and add timescaledb to shared_preload_libraries), restore, then "
+                    "upgrade"
+                )
+            conn.execute(
+                sql.SQL("CREATE EXTENSION timescaledb VERSION {}").format(sql.Literal(version))
+            )
+        conn.execute("SELECT timescaledb_pre_restore()")
+    except psycopg.Error as exc:
+        raise DatabaseError(
+            f"cannot prepare {target.dsn} for a TimescaleDB restore: {_first_line(exc)}"
+        ) from None
+
+
+def finish_target(target: Target, timescaledb_version: str | None) -> None:
+    """Leave TimescaleDB's restore mode (``timescaledb_post_restore()``) after a restore
+    prepared by :func:`prepare_target`; nothing for a plain PostgreSQL snapshot."""
+    if not timescaledb_version:
+        return
+    with target.connect() as conn:
+        try:
+            conn.execute("SELECT timescaledb_post_restore()")
+        except psycopg.Error as exc:
+            raise DatabaseError(
+                f"restore done, but timescaledb_post_restore() failed on {target.dsn}: "
+                f"{_first_line(exc)}; run it by hand before using the database"
+            ) from None
+
+
+def pg_restore_argv(target: Target, major: int, *, force: bool, no_owner: bool) -> list[str]:
+    """pg_restore and the flags every restore uses (the dump or --jobs come after)."""
+    argv = [program("pg_restore", target, major), "--exit-on-error", "--no-password"]
+    argv.append(f"--dbname={target.dsn}")
+    if force:
+        argv += ["--clean", "--if-exists"]
+    if no_owner:
+        argv += ["--no-owner", "--no-privileges"]
+    return argv
+
+
 def restore(
     target: Target,
     artifact: ArtifactRecord,
@@ -417,57 +505,51 @@ def restore(
     jobs: int = 1,
     workdir: Path | None = None,
     progress: Progress | None = None,
+    timescaledb_version: str | None = None,
 ) -> None:
-    """Restore the dump into ``target``.
+    """Restore the dump into ``target`` (prepared and finished as :func:`prepare_target` says).
 
     With ``jobs == 1`` the dump streams into pg_restore in ONE transaction: all of it lands, or
     nothing does. With ``jobs > 1`` it is first written (each part checked) to a temp file in
     ``workdir`` and restored by ``pg_restore --jobs``; faster, but a failure can leave a partly
     restored database (drills restore into scratch databases, where that does not matter).
     """
-    with target.connect() as conn:
-        major = server_major(conn)
-        existing = len(user_tables(conn))
-    if existing and not force:
-        raise Refused(
-            f"target database {target.dsn} is not empty ({existing} tables); restore into an "
-            "empty database, or pass --force to drop and replace the objects in the dump",
-            tables=existing,
-        )
-    pg_restore = program("pg_restore", target, major)
-    argv = [pg_restore, "--exit-on-error", "--no-password", f"--dbname={target.dsn}"]
-    if force:
-        argv += ["--clean", "--if-exists"]
-    if no_owner:
-        argv += ["--no-owner", "--no-privileges"]
-    if jobs > 1:
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix="vk-restore-", suffix=".dump") as tmp:
-            for chunk in read_artifact(
-                artifact, store=store, data_key=data_key, parallel=parallel, progress=progress
-            ):
-                tmp.write(chunk)
-            tmp.flush()
-            run(
-                [*argv, f"--jobs={jobs}", tmp.name],
-                env=target.env,
-                secrets=target.secrets,
-                timeout=None,
-            )
-        return
-    argv.append("--single-transaction")
+    major = prepare_target(target, force=force, timescaledb_version=timescaledb_version)
     try:
-        with stream(argv, env=target.env, secrets=target.secrets, stdin=True) as proc:
-            for chunk in read_artifact(
-                artifact, store=store, data_key=data_key, parallel=parallel, progress=progress
-            ):
-                try:
-                    proc.stdin.write(chunk)
-                except BrokenPipeError:
-                    break  # pg_restore failed; its exit status and stderr explain why
-    except ProgramFailed as exc:
-        raise ProgramFailed(
-            f"{exc.message} (the restore ran in one transaction: nothing was committed)"
-        ) from None
+        argv = pg_restore_argv(target, major, force=force, no_owner=no_owner)
+        if jobs > 1:
+            with tempfile.NamedTemporaryFile(
+                dir=workdir, prefix="vk-restore-", suffix=".dump"
+            ) as tmp:
+                for chunk in read_artifact(
+                    artifact, store=store, data_key=data_key, parallel=parallel, progress=progress
+                ):
+                    tmp.write(chunk)
+                tmp.flush()
+                run(
+                    [*argv, f"--jobs={jobs}", tmp.name],
+                    env=target.env,
+                    secrets=target.secrets,
+                    timeout=None,
+                )
+            return
+        argv.append("--single-transaction")
+        try:
+            with stream(argv, env=target.env, secrets=target.secrets, stdin=True) as proc:
+                for chunk in read_artifact(
+                    artifact, store=store, data_key=data_key, parallel=parallel, progress=progress
+                ):
+                    try:
+                        proc.stdin.write(chunk)
+                    except BrokenPipeError:
+                        break  # pg_restore failed; its exit status and stderr explain why
+        except ProgramFailed as exc:
+            raise ProgramFailed(
+                f"{exc.message} (the restore ran in one transaction: nothing was committed)"
+            ) from None
+
+    finally:
+        finish_target(target, timescaledb_version)
 
 
 def compare(
