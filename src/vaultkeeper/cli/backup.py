@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import click
 
-from vaultkeeper.backup import backup_postgres
 from vaultkeeper.cli.common import context, emit_json, human_bytes, json_option
-from vaultkeeper.sources.ledger import backup_ledger
 
 
 @click.group()
@@ -20,6 +18,8 @@ def backup() -> None:
 @click.pass_context
 def postgres(ctx: click.Context, job: str, as_json: bool) -> int:
     """Dump a PostgreSQL database into a new encrypted, locked, signed snapshot."""
+    from vaultkeeper.backup import backup_postgres  # each command imports only its own code
+
     result = backup_postgres(context(ctx), job, show_progress=None if not as_json else False)
     if as_json:
         emit_json(result.to_json())
@@ -38,6 +38,8 @@ def postgres(ctx: click.Context, job: str, as_json: bool) -> int:
 @click.pass_context
 def ledger_(ctx: click.Context, job: str, as_json: bool) -> int:
     """Verify every ledger chain, restic-backup the directories, commit a signed manifest."""
+    from vaultkeeper.sources.ledger import backup_ledger
+
     result = backup_ledger(context(ctx), job)
     if as_json:
         emit_json(result.to_json())
