@@ -253,3 +253,20 @@ def test_a_large_table_read_back_in_block_ranges_adds_up_to_the_servers_fingerpr
     back = current_fingerprints(Target.parse(pg_dsn), "full", [], jobs=2)
     assert {t["table"]: (t["rows"], t["digest"]) for t in back} == server
     assert server["big"][0] == 60000 - 60000 // 7
+
+
+def test_a_digest_that_breaks_never_blocks_the_stream_it_watches() -> None:
+    """The dump must reach the store whatever happens to the side check."""
+    from vaultkeeper.sources.dumpscan import digesting
+
+    digests = DumpDigests()
+
+    def broken(chunk: bytes) -> None:
+        raise RuntimeError("boom")
+
+    digests.feed = broken  # type: ignore[method-assign]
+    chunks = [bytes([i]) * 1000 for i in range(50)]
+    assert list(digesting(iter(chunks), digests, depth=1)) == chunks
+    assert digests.error is not None and "boom" in digests.error
+    with pytest.raises(DumpFormatError, match="boom"):
+        digests.fingerprints()

@@ -205,7 +205,10 @@ def digesting(chunks: Iterable[bytes], digests: DumpDigests, depth: int = 4) -> 
 
     def work() -> None:
         while (chunk := pending.get()) is not None:
-            digests.feed(chunk)
+            try:
+                digests.feed(chunk)
+            except Exception as exc:  # never stop draining: the stream must not block on us
+                digests.error = digests.error or f"digest failed: {exc}"
 
     worker = threading.Thread(target=work, name="vk-dump-digest", daemon=True)
     worker.start()
