@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -76,7 +75,7 @@ from vaultkeeper.crypto import DataKey, Keyring, Signer, b3hex, new_data_key
 from vaultkeeper.errors import IntegrityError, VaultkeeperError
 from vaultkeeper.manifest import isoformat, new_snapshot_id, sign
 from vaultkeeper.pgcopy import RowCount, copy_out
-from vaultkeeper.pipeline import ArtifactRecord, WriteOptions, write_artifact
+from vaultkeeper.pipeline import ArtifactRecord, SideThread, WriteOptions, write_artifact
 from vaultkeeper.snapshot import lock_for
 from vaultkeeper.store.base import Lock, ObjectStore
 
@@ -131,49 +130,25 @@ def _tapped(blocks: Iterator[bytes], tap: Callable[[bytes], None] | None) -> Ite
 
 
 class _StreamDigest:
-    """A :class:`~vaultkeeper.archive.copytext.CopyDigest` fed on its own thread.
-
-    :meth:`feed` hands a block over through a queue of at most ``depth`` blocks (it waits only
-    when the digest is that far behind); the thread hashes with the GIL released, beside the
-    COPY loop, zstd, AES-GCM and the uploads. :meth:`finish` waits for the last block and
-    returns the fingerprint; :meth:`close` stops the thread on an error path. A failure inside
-    the thread is raised by :meth:`finish` (the thread keeps draining so :meth:`feed` never
-    blocks forever).
+    """A :class:`~vaultkeeper.archive.copytext.CopyDigest` fed on its own thread
+    (:class:`~vaultkeeper.pipeline.SideThread`): :meth:`feed` waits only when the digest is
+    ``depth`` blocks behind; :meth:`finish` waits for the last block and returns the
+    fingerprint, raising what failed inside the thread; :meth:`close` stops it on an error path.
     """
 
     def __init__(self, depth: int = DIGEST_QUEUE_BLOCKS) -> None:
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max(1, depth))
         self._digest = CopyDigest()
-        self._failed: BaseException | None = None
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="vk-archive-digest", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            block = self._queue.get()
-            if block is None:
-                return
-            if self._failed is None:
-                try:
-                    self._digest.update(block)
-                except BaseException as exc:  # raised by finish()
-                    self._failed = exc
-
-    def feed(self, block: bytes) -> None:
-        self._queue.put(block)
+        self._side = SideThread(self._digest.update, depth=depth, name="vk-archive-digest")
+        self.feed = self._side.feed
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
-            self._thread.join()
+        self._side.close(discard=True)
 
     def finish(self) -> Fingerprint:
         """The fingerprint of everything fed; ValueError when the text ends inside a row."""
-        self.close()
-        if self._failed is not None:
-            raise self._failed
+        self._side.close()
+        if self._side.failure is not None:
+            raise self._side.failure
         return self._digest.finish()
 
 

@@ -31,14 +31,13 @@ takes the fingerprints from the server instead (the exported snapshot is still o
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from vaultkeeper.archive import copytext
 from vaultkeeper.archive.digest import DIGEST_ALGORITHM, Fingerprint
+from vaultkeeper.pipeline import SideThread
 
 #: archive versions (major, minor) whose table of contents this module can read
 SUPPORTED_VERSIONS = ((1, 12), (1, 13), (1, 14), (1, 15), (1, 16))
@@ -195,34 +194,19 @@ class DumpDigests:
 
 
 def digesting(chunks: Iterable[bytes], digests: DumpDigests, depth: int = 4) -> Iterator[bytes]:
-    """Pass ``chunks`` through unchanged while a thread feeds them to ``digests``.
-
-    The hashing (GIL released) overlaps whatever consumes the chunks; at most ``depth`` chunks
-    wait for it, so memory stays bounded and a slow digest slows the stream instead of
-    growing it. The thread is joined before this generator finishes or is closed.
-    """
-    pending: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
-
-    def work() -> None:
-        while (chunk := pending.get()) is not None:
-            try:
-                digests.feed(chunk)
-            except Exception as exc:  # never stop draining: the stream must not block on us
-                digests.error = digests.error or f"digest failed: {exc}"
-
-    worker = threading.Thread(target=work, name="vk-dump-digest", daemon=True)
-    worker.start()
+    """Pass ``chunks`` through unchanged while a :class:`~vaultkeeper.pipeline.SideThread`
+    feeds them to ``digests`` (hashing with the GIL released, at most ``depth`` chunks waiting).
+    A stream abandoned early, or a digest that fails, leaves :attr:`DumpDigests.error` set."""
+    side = SideThread(digests.feed, depth=depth, name="vk-dump-digest")
     completed = False
     try:
-        for chunk in chunks:
-            pending.put(chunk)
-            yield chunk
+        yield from side.tap(chunks)
         completed = True
     finally:
-        if not completed:  # aborted: the worker skips what is queued (feed returns at once)
+        if not completed:
             digests.error = digests.error or "the stream was abandoned"
-        pending.put(None)
-        worker.join()
+        elif side.failure is not None:
+            digests.error = digests.error or f"digest failed: {side.failure}"
 
 
 __all__ = ["DumpDigests", "DumpFormatError", "TocEntry", "digesting", "parse_toc"]
