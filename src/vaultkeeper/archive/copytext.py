@@ -141,19 +141,10 @@ class _NativeCopyDigest:
     def update(self, block: bytes | bytearray | memoryview) -> None:
         self._impl.update(block)
 
-    @property
-    def rows(self) -> int:
-        return int(self._impl.state()[0])
-
     def finish(self) -> Fingerprint:
         rows, total, tail = self._impl.state()
         if tail:
             raise ValueError(_truncated(tail))
-        return Fingerprint(rows, f"{DIGEST_ALGORITHM}:{total:016x}")
-
-    @property
-    def fingerprint(self) -> Fingerprint:
-        rows, total, _ = self._impl.state()
         return Fingerprint(rows, f"{DIGEST_ALGORITHM}:{total:016x}")
 
 

@@ -312,8 +312,9 @@ def dump(
         ] + [f"--exclude-table={t}" for t in exclude]
 
         # Fingerprints from the dump stream when possible (one scan); else the server's.
-        digests = DumpDigests() if fingerprint_mode != "off" and major >= 12 else None
-        server_side = fingerprint_mode != "off" and (digests is None or digests.error is not None)
+        streamable = fingerprint_mode != "off" and major >= 12 and copytext.NATIVE
+        digests = DumpDigests() if streamable else None
+        server_side = fingerprint_mode != "off" and digests is None
         fp: dict[str, Any] = {}
         fp_error: list[BaseException] = []
 
@@ -327,14 +328,14 @@ def dump(
                 fp_error.append(exc)
 
         env = dict(target.env)
-        if digests is not None and not server_side:
+        if digests is not None:
             env["PGOPTIONS"] = _pg_dump_options()
         worker = threading.Thread(target=take_fingerprints, name="vk-fingerprints", daemon=True)
         worker.start()
         try:
             with stream(argv, env=env, secrets=target.secrets) as proc:
                 chunks = read_chunks(proc.stdout, chunk_size)
-                if digests is not None and not server_side:
+                if digests is not None:
                     chunks = digesting(chunks, digests)
                 artifact = write(chunks)
         finally:
@@ -343,7 +344,7 @@ def dump(
             cause = fp_error[0]
             raise DatabaseError(f"fingerprinting failed: {_first_line(cause)}") from cause
         source_of_fp = None if fingerprint_mode == "off" else "server"
-        if digests is not None and not server_side:
+        if digests is not None:
             tables = fp["list"]
             fp["tables"], missing = _stream_or_server(conn, digests, tables, fingerprint_mode)
             if not missing:
