@@ -525,8 +525,6 @@ class Drill:
                     data_key=key,
                     force=False,
                     no_owner=True,
-                    jobs=pg.jobs,
-                    workdir=self.workdir,
                     timescaledb_version=body["source"].get("timescaledb_version"),
                 )
                 seconds = self._offset() - started

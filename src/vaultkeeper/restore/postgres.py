@@ -173,9 +173,9 @@ def pg_restore_file(
     timescaledb_version: str | None = None,
 ) -> None:
     """``pg_restore --jobs`` of a dump file from :func:`fetch_dump` into ``target``: the
-    ``jobs > 1`` half of :func:`vaultkeeper.sources.postgres.restore` (same checks, same flags,
-    same TimescaleDB procedure), for callers that fetch the dump earlier. A failure can leave a
-    partly restored database."""
+    parallel counterpart of :func:`vaultkeeper.sources.postgres.restore` (same checks, same
+    flags, same TimescaleDB procedure), for callers that fetch the dump first. A failure can
+    leave a partly restored database."""
     major = postgres.prepare_target(target, force=force, timescaledb_version=timescaledb_version)
     try:
         argv = postgres.pg_restore_argv(target, major, force=force, no_owner=no_owner)

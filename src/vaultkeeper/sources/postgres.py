@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -503,37 +502,17 @@ def restore(
     force: bool,
     no_owner: bool,
     parallel: int = 4,
-    jobs: int = 1,
-    workdir: Path | None = None,
     progress: Progress | None = None,
     timescaledb_version: str | None = None,
 ) -> None:
-    """Restore the dump into ``target`` (prepared and finished as :func:`prepare_target` says).
-
-    With ``jobs == 1`` the dump streams into pg_restore in ONE transaction: all of it lands, or
-    nothing does. With ``jobs > 1`` it is first written (each part checked) to a temp file in
-    ``workdir`` and restored by ``pg_restore --jobs``; faster, but a failure can leave a partly
-    restored database (drills restore into scratch databases, where that does not matter).
+    """Restore the dump into ``target`` (prepared and finished as :func:`prepare_target` says):
+    it streams into pg_restore in ONE transaction, so all of it lands, or nothing does. (A
+    parallel ``pg_restore --jobs`` needs the dump in a file first: see
+    :func:`vaultkeeper.restore.postgres.fetch_dump` and ``pg_restore_file``.)
     """
     major = prepare_target(target, force=force, timescaledb_version=timescaledb_version)
     try:
         argv = pg_restore_argv(target, major, force=force, no_owner=no_owner)
-        if jobs > 1:
-            with tempfile.NamedTemporaryFile(
-                dir=workdir, prefix="vk-restore-", suffix=".dump"
-            ) as tmp:
-                for chunk in read_artifact(
-                    artifact, store=store, data_key=data_key, parallel=parallel, progress=progress
-                ):
-                    tmp.write(chunk)
-                tmp.flush()
-                run(
-                    [*argv, f"--jobs={jobs}", tmp.name],
-                    env=target.env,
-                    secrets=target.secrets,
-                    timeout=None,
-                )
-            return
         argv.append("--single-transaction")
         try:
             with stream(argv, env=target.env, secrets=target.secrets, stdin=True) as proc:
@@ -548,7 +527,6 @@ def restore(
             raise ProgramFailed(
                 f"{exc.message} (the restore ran in one transaction: nothing was committed)"
             ) from None
-
     finally:
         finish_target(target, timescaledb_version)
 
