@@ -10,9 +10,11 @@
  *
  * Two types:
  *   CopyDigest()             feed(buf) any split of one COPY text stream; finish() -> (rows, sum)
- *   DumpScanner(int_size)    feed(buf) the data section of a pg_dump custom-format archive
+ *   DumpScanner(int_size, digest=True)
+ *                            feed(buf) the data section of a pg_dump custom-format archive
  *                            (everything after the table of contents) and get, per dump id of
  *                            each table data block, (rows, sum); large-object blocks are skipped.
+ *                            offsets() gives where each block begins (digest=False: only that).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -21,7 +23,7 @@
 #include <string.h>
 
 /* Bumped whenever the types' methods or results change; copytext.py ignores a stale build. */
-#define API_VERSION 1
+#define API_VERSION 2
 
 /* ------------------------------------------------------------------------------------------
  * MD5 (RFC 1321), only what the digest needs: one whole message in, the first 8 bytes out.
@@ -708,6 +710,11 @@ typedef struct {
 } block_result;
 
 typedef struct {
+    int64_t dump_id;
+    uint64_t offset;
+} block_start;
+
+typedef struct {
     PyObject_HEAD
     int int_size;
     int state;
@@ -718,6 +725,11 @@ typedef struct {
     copy_state copy;
     block_result *results;
     size_t nresults, capresults;
+    int digest;          /* 0: only find the blocks (offsets), no COPY text digest */
+    uint64_t fed;        /* bytes fed before the current buffer */
+    uint64_t this_start; /* offset of the current block's type byte */
+    block_start *starts;
+    size_t nstarts, capstarts;
     char error[200];
     PyThread_type_lock lock;
 } DumpScannerObject;
@@ -741,13 +753,31 @@ static int take_int(DumpScannerObject *d, const uint8_t **p, size_t *n, int64_t 
     return 1;
 }
 
+static int push_start(DumpScannerObject *d, int64_t dump_id)
+{
+    if (d->nstarts == d->capstarts) {
+        size_t cap = d->capstarts ? 2 * d->capstarts : 64;
+        block_start *r = realloc(d->starts, cap * sizeof(*r));
+        if (r == NULL)
+            return -1;
+        d->starts = r;
+        d->capstarts = cap;
+    }
+    d->starts[d->nstarts++] = (block_start){dump_id, d->this_start};
+    return 0;
+}
+
 /* 0 ok, -1 out of memory, -2 format error (message in d->error). */
 static int scan_feed(DumpScannerObject *d, const uint8_t *p, size_t n)
 {
     int64_t v;
+    const uint8_t *const p0 = p;
+    const uint64_t base = d->fed;
+    d->fed += n;
     while (n > 0) {
         switch (d->state) {
         case S_TYPE:
+            d->this_start = base + (uint64_t)(p - p0);
             if (*p == 1)
                 d->state = S_DATA_ID;
             else if (*p == 3)
@@ -762,6 +792,8 @@ static int scan_feed(DumpScannerObject *d, const uint8_t *p, size_t n)
         case S_DATA_ID:
             if (!take_int(d, &p, &n, &v))
                 return 0;
+            if (push_start(d, v) < 0)
+                return -1;
             d->current_id = v;
             copy_state_free(&d->copy);
             d->copy.in_dump = 1;
@@ -780,13 +812,14 @@ static int scan_feed(DumpScannerObject *d, const uint8_t *p, size_t n)
                 d->state = S_DATA_BYTES;
                 break;
             }
-            if (d->copy.tail.len) {
+            if (d->digest && d->copy.tail.len) {
                 snprintf(d->error, sizeof(d->error),
                          "table data of dump id %lld ends in the middle of a row",
                          (long long)d->current_id);
                 return -2;
             }
-            copy_flush(&d->copy);
+            if (d->digest)
+                copy_flush(&d->copy);
             if (d->nresults == d->capresults) {
                 size_t cap = d->capresults ? 2 * d->capresults : 64;
                 block_result *r = realloc(d->results, cap * sizeof(*r));
@@ -801,7 +834,7 @@ static int scan_feed(DumpScannerObject *d, const uint8_t *p, size_t n)
             break;
         case S_DATA_BYTES: {
             size_t take = d->remaining < n ? (size_t)d->remaining : n;
-            if (copy_feed(&d->copy, p, take) < 0)
+            if (d->digest && copy_feed(&d->copy, p, take) < 0)
                 return -1;
             p += take;
             n -= take;
@@ -813,6 +846,8 @@ static int scan_feed(DumpScannerObject *d, const uint8_t *p, size_t n)
         case S_BLOBS_ID:
             if (!take_int(d, &p, &n, &v))
                 return 0;
+            if (push_start(d, v) < 0)
+                return -1;
             d->state = S_BLOB_OID;
             break;
         case S_BLOB_OID:
@@ -846,8 +881,9 @@ static int scan_feed(DumpScannerObject *d, const uint8_t *p, size_t n)
 
 static int DumpScanner_init(DumpScannerObject *self, PyObject *args, PyObject *kwds)
 {
-    int int_size;
-    if (!PyArg_ParseTuple(args, "i:DumpScanner", &int_size))
+    static char *kwlist[] = {"int_size", "digest", NULL};
+    int int_size, digest = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|p:DumpScanner", kwlist, &int_size, &digest))
         return -1;
     if (int_size < 1 || int_size > 8) {
         PyErr_Format(PyExc_ValueError, "unsupported archive integer size %d", int_size);
@@ -857,6 +893,11 @@ static int DumpScanner_init(DumpScannerObject *self, PyObject *args, PyObject *k
     free(self->results);
     self->results = NULL;
     self->nresults = self->capresults = 0;
+    free(self->starts);
+    self->starts = NULL;
+    self->nstarts = self->capstarts = 0;
+    self->digest = digest;
+    self->fed = self->this_start = 0;
     self->int_size = int_size;
     self->state = S_TYPE;
     self->intlen = 0;
@@ -872,6 +913,7 @@ static void DumpScanner_dealloc(DumpScannerObject *self)
 {
     copy_state_free(&self->copy);
     free(self->results);
+    free(self->starts);
     if (self->lock)
         PyThread_free_lock(self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -917,6 +959,20 @@ static PyObject *DumpScanner_results(DumpScannerObject *self, PyObject *unused)
     return list;
 }
 
+static PyObject *DumpScanner_offsets(DumpScannerObject *self, PyObject *unused)
+{
+    PyObject *list = PyList_New((Py_ssize_t)self->nstarts);
+    for (size_t i = 0; list != NULL && i < self->nstarts; i++) {
+        block_start *r = &self->starts[i];
+        PyObject *t = Py_BuildValue("(LK)", (long long)r->dump_id, (unsigned long long)r->offset);
+        if (t == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    return list;
+}
+
 static PyObject *DumpScanner_at_block_boundary(DumpScannerObject *self, PyObject *unused)
 {
     return PyBool_FromLong(self->state == S_TYPE && self->intlen == 0);
@@ -927,6 +983,8 @@ static PyMethodDef DumpScanner_methods[] = {
      "feed(buf): the next bytes of the archive's data section."},
     {"results", (PyCFunction)DumpScanner_results, METH_NOARGS,
      "results() -> [(dump_id, rows, sum mod 2**64)] of every complete table data block."},
+    {"offsets", (PyCFunction)DumpScanner_offsets, METH_NOARGS,
+     "offsets() -> [(dump_id, offset)] of every block begun, offset counted from the first byte fed."},
     {"at_block_boundary", (PyCFunction)DumpScanner_at_block_boundary, METH_NOARGS,
      "True when the bytes fed so far end exactly after a block (a complete archive does)."},
     {NULL, NULL, 0, NULL},

@@ -148,12 +148,13 @@ class _NativeCopyDigest:
         return Fingerprint(rows, f"{DIGEST_ALGORITHM}:{total:016x}")
 
 
-def native_dump_scanner(int_size: int) -> Any:
+def native_dump_scanner(int_size: int, *, digest: bool = True) -> Any:
     """``vaultkeeper._copydigest.DumpScanner``: per-table digests of a pg_dump custom-format
-    data section (see :mod:`vaultkeeper.sources.dumpscan`). Only when :data:`NATIVE`."""
+    data section, and where each block begins (see :mod:`vaultkeeper.sources.dumpscan`);
+    ``digest=False`` only finds the blocks. Only when :data:`NATIVE`."""
     if _native is None:
         raise RuntimeError("the C digest is not built")
-    return _native.DumpScanner(int_size)
+    return _native.DumpScanner(int_size, digest=digest)
 
 
 def _truncated(tail: int) -> str:
@@ -175,7 +176,7 @@ def _load_native() -> Any:
     return module if getattr(module, "API_VERSION", None) == _NATIVE_API_VERSION else None
 
 
-_NATIVE_API_VERSION = 1
+_NATIVE_API_VERSION = 2
 _native = _load_native()
 
 #: True when digests run in C; without it COPY text is hashed at ~35 MiB/s, and callers that

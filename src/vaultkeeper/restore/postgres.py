@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -17,7 +18,10 @@ from vaultkeeper.pipeline import ArtifactRecord, read_artifact
 from vaultkeeper.progress import Progress
 from vaultkeeper.runner import run
 from vaultkeeper.sources import postgres
+from vaultkeeper.sources.dumpscan import BlockOffsets, DumpFormatError
 from vaultkeeper.store.base import ObjectStore
+
+log = logging.getLogger("vaultkeeper.restore.postgres")
 
 
 @dataclass
@@ -149,14 +153,23 @@ def fetch_dump(
 ) -> Path:
     """The artifact's plaintext (every part checked, then the whole stream against the
     manifest) in a new temp file in ``workdir``, for :func:`pg_restore_file`; the caller
-    removes it. Needs no database, so a drill runs it while its cluster starts. Nothing is
-    left behind when it fails."""
+    removes it. Its table of contents gets the data offsets a pipe could not give pg_dump
+    (:class:`~vaultkeeper.sources.dumpscan.BlockOffsets`), so ``pg_restore --jobs`` seeks to
+    each table and starts the largest first; a dump it cannot read is restored as it came.
+    Needs no database, so a drill runs it while its cluster starts. Nothing is left behind
+    when it fails."""
     fd, name = tempfile.mkstemp(dir=workdir, prefix="vk-restore-", suffix=".dump")
     path = Path(name)
+    offsets = BlockOffsets()
     try:
         with os.fdopen(fd, "wb") as fh:
             for chunk in read_artifact(artifact, store=store, data_key=data_key, parallel=parallel):
                 fh.write(chunk)
+                offsets.feed(chunk)
+            try:
+                offsets.patch(fh)
+            except DumpFormatError as exc:
+                log.info("restoring %s without data offsets: %s", path.name, exc)
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from vaultkeeper.archive import copytext
 from vaultkeeper.archive.digest import DIGEST_ALGORITHM, Fingerprint
@@ -44,6 +44,8 @@ SUPPORTED_VERSIONS = ((1, 12), (1, 13), (1, 14), (1, 15), (1, 16))
 _FORMAT_CUSTOM = 1
 #: give up on a table of contents larger than this (it is buffered whole)
 _MAX_TOC_BYTES = 256 << 20
+#: a TOC entry's data offset flag (pg_backup_custom.c): where its block is, whether it has one
+_OFFSET_NOT_SET, _OFFSET_SET = 1, 2
 
 
 class DumpFormatError(ValueError):
@@ -60,6 +62,9 @@ class TocEntry:
     desc: str
     namespace: str
     tag: str
+    #: where the entry's data offset (a flag byte, then ``off_size`` bytes) is in the archive
+    offset_pos: int
+    offset_flag: int
 
 
 class _Reader:
@@ -94,9 +99,17 @@ class _Reader:
         return self.take(n).decode("utf-8", "replace")
 
 
-def parse_toc(data: bytes | bytearray) -> tuple[list[TocEntry], int, int]:
-    """(entries, int_size, offset where the data blocks start); :class:`_NeedMore` when
-    ``data`` ends inside the table of contents."""
+@dataclass(frozen=True)
+class Toc:
+    entries: list[TocEntry]
+    int_size: int
+    off_size: int
+    #: where the data blocks start
+    end: int
+
+
+def parse_toc(data: bytes | bytearray) -> Toc:
+    """The archive's table of contents; :class:`_NeedMore` when ``data`` ends inside it."""
     r = _Reader(data)
     if r.take(5) != b"PGDMP":
         raise DumpFormatError("not a pg_dump custom-format archive (no PGDMP magic)")
@@ -135,20 +148,23 @@ def parse_toc(data: bytes | bytearray) -> tuple[list[TocEntry], int, int]:
         r.str()  # "with oids", always false
         while r.str() is not None:  # dependencies
             pass
-        r.take(1 + r.off_size)  # data offset: unknown when pg_dump writes to a pipe
-        entries.append(TocEntry(dump_id, desc, namespace, tag))
-    return entries, r.int_size, r.pos
+        offset_pos = r.pos
+        flag = r.take(1 + r.off_size)[0]  # data offset: not set when pg_dump writes to a pipe
+        entries.append(TocEntry(dump_id, desc, namespace, tag, offset_pos, flag))
+    return Toc(entries, r.int_size, r.off_size, r.pos)
 
 
-class DumpDigests:
-    """Feed a custom-format archive in order (:meth:`feed`, split anywhere), then
-    :meth:`fingerprints`. Never raises while fed: a problem sets :attr:`error` and the rest
-    of the stream is ignored, so the backup itself is never disturbed by this side check."""
+class _Scan:
+    """Feed a custom-format archive in order (:meth:`feed`, split anywhere). Never raises
+    while fed: a problem sets :attr:`error` and the rest of the stream is ignored, so what is
+    fed (a backup, a restore) is never disturbed by this side work."""
+
+    _digest = True
 
     def __init__(self) -> None:
         self.error: str | None = None if copytext.NATIVE else "the C digest is not built"
         self._head = bytearray()
-        self._entries: list[TocEntry] = []
+        self._toc: Toc | None = None
         self._scanner: Any = None
 
     def feed(self, chunk: bytes | memoryview) -> None:
@@ -160,29 +176,37 @@ class DumpDigests:
                 return
             self._head += chunk
             try:
-                entries, int_size, start = parse_toc(self._head)
+                self._toc = parse_toc(self._head)
             except _NeedMore:
                 if len(self._head) > _MAX_TOC_BYTES:
                     raise DumpFormatError("table of contents larger than 256 MiB") from None
                 return
-            self._entries = entries
-            self._scanner = copytext.native_dump_scanner(int_size)
-            self._scanner.feed(memoryview(self._head)[start:])
+            self._scanner = copytext.native_dump_scanner(self._toc.int_size, digest=self._digest)
+            self._scanner.feed(memoryview(self._head)[self._toc.end :])
             self._head = bytearray()
         except (DumpFormatError, ValueError, MemoryError) as exc:
             self.error = str(exc) or exc.__class__.__name__
             self._head = bytearray()
 
-    def fingerprints(self) -> dict[tuple[str, str], Fingerprint]:
-        """(schema, table) -> fingerprint of every TABLE DATA block; :class:`DumpFormatError`
-        when the stream could not be read to its end."""
+    def _complete(self) -> Toc:
+        """The table of contents of a stream fed to its end; :class:`DumpFormatError` else."""
         if self.error is not None:
             raise DumpFormatError(self.error)
-        if self._scanner is None:
+        if self._scanner is None or self._toc is None:
             raise DumpFormatError("the stream ended before its table of contents")
         if not self._scanner.at_block_boundary():
             raise DumpFormatError("the stream ended inside a data block")
-        by_id = {e.dump_id: e for e in self._entries if e.desc == "TABLE DATA"}
+        return self._toc
+
+
+class DumpDigests(_Scan):
+    """Per-table fingerprints of the archive fed: :meth:`feed` it, then :meth:`fingerprints`."""
+
+    def fingerprints(self) -> dict[tuple[str, str], Fingerprint]:
+        """(schema, table) -> fingerprint of every TABLE DATA block; :class:`DumpFormatError`
+        when the stream could not be read to its end."""
+        toc = self._complete()
+        by_id = {e.dump_id: e for e in toc.entries if e.desc == "TABLE DATA"}
         out: dict[tuple[str, str], Fingerprint] = {}
         for dump_id, rows, total in self._scanner.results():
             entry = by_id.get(dump_id)
@@ -191,6 +215,38 @@ class DumpDigests:
                     rows, f"{DIGEST_ALGORITHM}:{total:016x}"
                 )
         return out
+
+
+class BlockOffsets(_Scan):
+    """Where each data block of the archive fed begins, to write into its table of contents.
+
+    Why: a dump streamed through a pipe (as every backup is) has no data offsets in its table
+    of contents; ``pg_dump -f FILE`` seeks back and writes them when it closes the archive.
+    Without them ``pg_restore --jobs`` must read through every earlier block to find each
+    table's data, and cannot size the tables to start the largest first. :meth:`patch` writes
+    the offsets exactly as ``pg_dump -f`` would, so the restore reads the archive a file-backed
+    dump would have been."""
+
+    _digest = False
+
+    def patch(self, fh: BinaryIO) -> int:
+        """Write the offsets into ``fh`` (the whole archive fed, open for update); the number
+        of entries set. :class:`DumpFormatError`, with nothing written, when the stream was not
+        read to its end or a block does not match an entry waiting for its offset."""
+        toc = self._complete()
+        by_id = {e.dump_id: e for e in toc.entries}
+        writes: list[tuple[int, bytes]] = []
+        for dump_id, offset in self._scanner.offsets():
+            entry = by_id.get(dump_id)
+            if entry is None or entry.offset_flag != _OFFSET_NOT_SET:
+                raise DumpFormatError(f"data block of dump id {dump_id} has no entry to set")
+            field = bytes([_OFFSET_SET]) + (toc.end + offset).to_bytes(toc.off_size, "little")
+            writes.append((entry.offset_pos, field))
+        for pos, field in writes:
+            fh.seek(pos)
+            fh.write(field)
+        fh.seek(0, 2)
+        return len(writes)
 
 
 def digesting(chunks: Iterable[bytes], digests: DumpDigests, depth: int = 4) -> Iterator[bytes]:
@@ -209,4 +265,12 @@ def digesting(chunks: Iterable[bytes], digests: DumpDigests, depth: int = 4) -> 
             digests.error = digests.error or f"digest failed: {side.failure}"
 
 
-__all__ = ["DumpDigests", "DumpFormatError", "TocEntry", "digesting", "parse_toc"]
+__all__ = [
+    "BlockOffsets",
+    "DumpDigests",
+    "DumpFormatError",
+    "Toc",
+    "TocEntry",
+    "digesting",
+    "parse_toc",
+]
