@@ -3,9 +3,9 @@
 One run, one database, one snapshot. A scratch cluster (``vaultkeeper.restore.scratch``) holds
 the source: the bench/common realistic database (~30 % pgbench, ~70 % jsonb/text events).
 ``vaultkeeper backup postgres`` (real CLI, fresh keys, local ``file://`` store,
-``fingerprints: full``) takes ONE snapshot. The peer's dump is that snapshot's plaintext
-(``pipeline.read_artifact`` to a file, outside any timing): byte for byte what the drill hands
-pg_restore. Then each round runs, in this order (median of 3, 1 with ``--quick``):
+``fingerprints: full``) takes ONE snapshot. The peer's dump is that snapshot's plaintext with
+the data offsets a ``pg_dump -f`` file has (``restore.postgres.fetch_dump``, outside any
+timing): byte for byte what the drill hands pg_restore. Then each round runs, in this order (median of 3, 1 with ``--quick``):
 
 ============================  ===================================================================
 ``drill``                     ``vaultkeeper drill restore --target bench --snapshot ID --json-out
@@ -28,8 +28,9 @@ pg_restore. Then each round runs, in this order (median of 3, 1 with ``--quick``
 ``peer from nothing``         ``initdb`` + start of a fresh scratch cluster, createdb,
                               ``pg_restore -j2``, ``count(*)`` per table: the peer with the
                               provisioning the drill's RTO clock includes.
-``artifact -> file``          ``read_artifact`` (fetch, blake3, AES-GCM, zstd; 4 parts in flight)
-                              into a file, in-process: the drill's restore step before pg_restore.
+``artifact -> file``          ``fetch_dump`` (fetch, blake3, AES-GCM, zstd; 4 parts in flight; data
+                              offsets written into the TOC) into a file, in-process: the drill's
+                              restore step before pg_restore.
 ============================  ===================================================================
 
 The target is ``drill RTO / pg_restore -j2 <= 1.25``; the other ratios say how much of the gap
@@ -268,7 +269,8 @@ class Bench:
         from vaultkeeper import catalog
         from vaultkeeper.context import Context
         from vaultkeeper.crypto import DataKey
-        from vaultkeeper.pipeline import ArtifactRecord, read_artifact
+        from vaultkeeper.pipeline import ArtifactRecord
+        from vaultkeeper.restore.postgres import fetch_dump
         from vaultkeeper.sources import postgres
 
         ctx = Context.load(str(self.config))
@@ -284,10 +286,10 @@ class Bench:
         )
         key = DataKey(ctx.keyring.unwrap(body["encryption"]["data_key"], sid), sid)
         started = time.perf_counter()
-        with open(path, "wb") as fh:
-            for chunk in read_artifact(artifact, store=store, data_key=key):
-                fh.write(chunk)
-        return time.perf_counter() - started
+        fetched = fetch_dump(artifact, store=store, data_key=key, workdir=path.parent)
+        seconds = time.perf_counter() - started
+        fetched.replace(path)
+        return seconds
 
     # -- measures ------------------------------------------------------------------------
 
