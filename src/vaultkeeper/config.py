@@ -217,6 +217,9 @@ class DrillPostgres(_Model):
     sources: list[str] = Field(min_length=1)
     #: pg_restore --jobs
     jobs: int = Field(default=2, ge=1, le=32)
+    #: scratch: copy a cached initdb (kept in <state_dir>/cache/initdb, one per server build)
+    #: instead of running initdb on every drill; false runs initdb every time
+    initdb_cache: bool = True
 
     @model_validator(mode="after")
     def _dsn_needed(self) -> DrillPostgres:

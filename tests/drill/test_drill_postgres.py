@@ -76,6 +76,19 @@ def test_drill_passes_on_a_verified_snapshot_and_reports_rto_and_rpo(drill_env) 
     assert 'vaultkeeper_drill_rto_seconds{job_name="drill-staging"}' in prom
 
 
+def test_the_next_scratch_drill_starts_from_the_cached_initdb(drill_env) -> None:
+    drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")
+    servers = []
+    for _ in range(2):
+        doc = _drill(drill_env, 0)
+        step = next(s for s in doc["steps"] if s["name"] == "provision_postgres")
+        servers.append(step["evidence"]["server"])
+    cache = Path(drill_env.config()["state_dir"]) / "cache" / "initdb"
+    [template] = cache.iterdir()
+    assert "copied from" not in servers[0]  # the first one ran initdb, and cached it
+    assert servers[1].endswith(f"(data dir copied from {template})")
+
+
 def test_drill_fails_at_restore_on_a_corrupted_part(drill_env) -> None:
     sid = drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")["snapshot_id"]
     part = sorted((drill_env.store_dir / "snapshots" / sid / "parts" / "pg_dump").iterdir())[1]

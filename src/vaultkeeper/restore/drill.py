@@ -333,6 +333,9 @@ class Drill:
                     keep=self.keep,
                     settings=RESTORE_SETTINGS,
                     cancelled=cancelled,
+                    template_cache=(
+                        self.ctx.config.state_dir / "cache" / "initdb" if pg.initdb_cache else None
+                    ),
                 )
             )
             if cancelled():
@@ -340,7 +343,8 @@ class Drill:
             dsns = cluster.take_databases(names)
             return (
                 {s: postgres.Target.parse(dsns[n]) for s, n in zip(pg.sources, names, strict=True)},
-                f"scratch cluster on port {cluster.port}",
+                f"scratch cluster on port {cluster.port}"
+                + (f" (data dir copied from {cluster.template})" if cluster.template else ""),
             )
         assert pg.dsn is not None
         if not pg.allow_overwrite:
