@@ -7,8 +7,8 @@ with trust auth for local connections only, and is stopped (fast, then immediate
 
 initdb is the slow part of starting one (0.4-0.6 s on a quiet 2-vCPU VM, over 1 s when a
 drill's fetch competes for the CPU). With ``template_cache`` the data dir initdb made is kept
-there, once per server build and initdb arguments, and later clusters copy it (~0.05 s for its
-~40 MiB) instead. Every cluster copied from one template shares its system identifier, which a
+there, once per server build and initdb arguments, and later clusters copy it (0.25-0.35 s for
+its ~40 MiB) instead. Every cluster copied from one template shares its system identifier, which a
 throwaway cluster never shows anyone. A template is written under a temp name and renamed into
 place, so a crash never leaves a half-made one; deleting the cache at any time is safe.
 
