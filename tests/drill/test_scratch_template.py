@@ -5,8 +5,10 @@ and never stops one that could initdb."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +55,24 @@ def test_a_cluster_copied_from_the_template_is_fresh_and_independent(work: Path)
             conn.execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS a")
             assert conn.execute("SELECT sum(a) FROM t").fetchone() == (500500,)
     assert list(work.glob("vk-scratch-*")) == []
+
+
+def test_a_partial_copy_left_by_a_killed_run_is_swept_when_a_template_is_made(
+    work: Path,
+) -> None:
+    cache = work / "cache"
+    with scratch_cluster(parent=work, template_cache=cache):
+        pass
+    [template] = cache.iterdir()
+    shutil.rmtree(template)
+    stale = cache / f".{template.name}-killed"
+    recent = cache / f".{template.name}-running"
+    for d in (stale, recent):
+        (d / "base").mkdir(parents=True)
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    with scratch_cluster(parent=work, template_cache=cache):
+        pass
+    assert sorted(p.name for p in cache.iterdir()) == sorted([template.name, recent.name])
 
 
 def test_a_damaged_template_is_reported_removed_and_rebuilt(work: Path) -> None:

@@ -44,6 +44,8 @@ log = logging.getLogger("vaultkeeper.restore.scratch")
 
 #: bumped when what a template holds changes
 _TEMPLATE_FORMAT = 1
+#: a partial template copy this old was left by a run that was killed (a copy takes < 1 s)
+_STALE_PARTIAL_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,9 @@ def _save_template(data: Path, template: Path) -> None:
     partial = None
     try:
         template.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for stale in template.parent.glob(f".{template.name}-*"):  # a killed run's partial copy
+            if time.time() - stale.stat().st_mtime > _STALE_PARTIAL_SECONDS:
+                shutil.rmtree(stale, ignore_errors=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{template.name}-", dir=template.parent))
         run(["cp", "-a", "--", f"{data}/.", str(partial)], timeout=120)
         partial.chmod(0o700)
