@@ -24,7 +24,7 @@ def test_backup_verify_restore_round_trip_preserves_every_row(env) -> None:
     target = env.make_db("vkt_restore")
     restored = env.cli_json("restore", "postgres", sid, "--into", target)
     assert restored["ok"] is True
-    assert restored["mismatch_count"] == 0
+    assert restored["mismatch_count"] == 0 and restored["jobs"] == 1
     assert restored["schema_migrations"] == {
         "expected": "20261120093000",
         "actual": "20261120093000",
@@ -57,6 +57,25 @@ def test_manifest_records_identity_fingerprints_and_migrations_head(env) -> None
     assert "key" not in json.dumps(body["encryption"]).lower().replace("data_key", "").replace(
         "key_id", ""
     )
+
+
+def test_parallel_restore_verifies_the_whole_dump_first_and_cleans_up(env) -> None:
+    sid = env.cli_json("backup", "postgres", "--job", "appdb-nightly")["snapshot_id"]
+    temp = env.root / "restore-tmp"
+    temp.mkdir()
+    args = ("restore", "postgres", sid, "--jobs", "3", "--temp-dir", str(temp))
+    target = env.make_db("vkt_restore")
+    restored = env.cli_json(*args, "--into", target)
+    assert restored["ok"] is True and restored["mismatch_count"] == 0
+    assert restored["tables_checked"] == 6 and restored["jobs"] == 3
+    assert current_fingerprints(Target.parse(target), "full", []) == current_fingerprints(
+        Target.parse(env.source_dsn), "full", []
+    )
+    assert list(temp.iterdir()) == []
+    # a non-empty target is refused before the dump is fetched (exit 8, nothing written)
+    code, _, err = env.cli(*args, "--into", target, expect=8)
+    assert "is not empty" in err
+    assert list(temp.iterdir()) == []
 
 
 def test_restore_refuses_a_non_empty_target_without_force(env) -> None:

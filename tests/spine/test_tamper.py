@@ -134,7 +134,8 @@ def test_missing_lock_record_is_lock_missing(env) -> None:
     assert _findings(env, sid) == [("lock_missing", _rel(env, part))]
 
 
-def test_corrupt_part_makes_restore_fail_with_nothing_committed(env) -> None:
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_corrupt_part_makes_restore_fail_with_nothing_committed(env, jobs: str) -> None:
     sid = _backup(env)
     part = _part_files(env, sid)[-1]
     _writable(part)
@@ -142,13 +143,19 @@ def test_corrupt_part_makes_restore_fail_with_nothing_committed(env) -> None:
     data[-20] ^= 0xFF
     part.write_bytes(bytes(data))
     target = env.make_db("vkt_restore")
-    code, _, err = env.cli("restore", "postgres", sid, "--into", target, expect=10)
+    temp = env.root / "restore-tmp"
+    temp.mkdir()
+    code, _, err = env.cli(
+        "restore", "postgres", sid, "--into", target, "--jobs", jobs, "--temp-dir", str(temp),
+        expect=10,
+    )  # fmt: skip
     assert "pg_dump/" in err and "blake3" in err
     with psycopg.connect(target) as conn:
         tables = conn.execute(
             "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
         ).fetchone()[0]
     assert tables == 0
+    assert list(temp.iterdir()) == []  # --jobs: the fetched dump is removed too
 
 
 # ----------------------------------------------------------------------------- S3 (moto server)

@@ -22,6 +22,21 @@ def restore() -> None:
 @click.option("--into", "into", required=True, help="DSN of the target database (must be empty).")
 @click.option("--force", is_flag=True, help="Replace objects in a non-empty target database.")
 @click.option("--no-owner", is_flag=True, help="Do not restore ownership and privileges.")
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 32),
+    default=1,
+    show_default=True,
+    help="Parallel pg_restore jobs. Above 1 the dump is fetched and verified into a temp file "
+    "first (free space for the whole dump needed) and the restore is not one transaction.",
+)
+@click.option(
+    "--temp-dir",
+    "temp_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Where --jobs puts the dump (default: $TMPDIR or /tmp).",
+)
 @store_option
 @json_option
 @click.pass_context
@@ -31,6 +46,8 @@ def postgres(
     into: str,
     force: bool,
     no_owner: bool,
+    jobs: int,
+    temp_dir: Path | None,
     store_name: str | None,
     as_json: bool,
 ) -> int:
@@ -43,6 +60,8 @@ def postgres(
         no_owner=no_owner,
         store_name=store_name,
         show_progress=False if as_json else None,
+        jobs=jobs,
+        workdir=temp_dir,
     )
     if as_json:
         emit_json(result.to_json())

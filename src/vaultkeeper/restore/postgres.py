@@ -34,6 +34,8 @@ class RestoreResult:
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     migrations_expected: str | None = None
     migrations_actual: str | None = None
+    #: pg_restore --jobs (1: one transaction, streamed)
+    jobs: int = 1
 
     @property
     def ok(self) -> bool:
@@ -49,6 +51,7 @@ class RestoreResult:
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
             "tables_checked": self.tables_checked,
+            "jobs": self.jobs,
             "mismatch_count": len(self.mismatches),
             "mismatches": self.mismatches,
             "schema_migrations": {
@@ -83,7 +86,13 @@ def restore_postgres(
     no_owner: bool = False,
     store_name: str | None = None,
     show_progress: bool | None = None,
+    jobs: int = 1,
+    workdir: Path | None = None,
 ) -> RestoreResult:
+    """``jobs`` 1: one ``pg_restore --single-transaction`` fed as the parts are read (a failure
+    leaves the target as it was). ``jobs`` > 1: the whole dump is fetched and checked into a
+    temp file in ``workdir`` first (nothing reaches the target unless every byte verified),
+    then ``pg_restore --jobs`` (not one transaction: a failure can leave it partly restored)."""
     started = time.monotonic()
     entry = resolve_snapshot(ctx, snapshot, store_name)
     assert entry.manifest is not None
@@ -100,24 +109,44 @@ def restore_postgres(
         ctx.keyring.unwrap(body["encryption"]["data_key"], entry.snapshot_id), entry.snapshot_id
     )
     target = postgres.Target.parse(into)
+    timescaledb_version = (body.get("source") or {}).get("timescaledb_version")
     bar = Progress(f"restore {entry.snapshot_id}", total=artifact.size, enabled=show_progress)
-    postgres.restore(
-        target,
-        artifact,
-        store=store,
-        data_key=data_key,
-        force=force,
-        no_owner=no_owner,
-        progress=bar,
-        timescaledb_version=(body.get("source") or {}).get("timescaledb_version"),
-    )
-    bar.finish()
+    if jobs > 1:
+        with target.connect() as conn:  # before fetching a dump that could not be restored
+            postgres.refuse_non_empty(conn, target, force=force)
+        path = fetch_dump(artifact, store=store, data_key=data_key, workdir=workdir, progress=bar)
+        bar.finish()
+        try:
+            pg_restore_file(
+                target,
+                path,
+                jobs=jobs,
+                no_owner=no_owner,
+                force=force,
+                timescaledb_version=timescaledb_version,
+            )
+        finally:
+            path.unlink(missing_ok=True)
+    else:
+        postgres.restore(
+            target,
+            artifact,
+            store=store,
+            data_key=data_key,
+            force=force,
+            no_owner=no_owner,
+            progress=bar,
+            timescaledb_version=timescaledb_version,
+        )
+        bar.finish()
     pg = body.get("postgres", {})
     expected = pg.get("tables", [])
     mode = pg.get("fingerprint_mode", "full")
     actual = (
-        # read back over two connections: nobody writes to a database just restored
-        postgres.current_fingerprints(target, mode, pg.get("excluded_tables", []), jobs=2)
+        # read back over several connections: nobody writes to a database just restored
+        postgres.current_fingerprints(
+            target, mode, pg.get("excluded_tables", []), jobs=max(2, jobs)
+        )
         if mode != "off"
         else []
     )
@@ -137,6 +166,7 @@ def restore_postgres(
         mismatches=mismatches,
         migrations_expected=migrations.get("head"),
         migrations_actual=actual_head,
+        jobs=jobs,
     )
 
 
@@ -150,6 +180,7 @@ def fetch_dump(
     data_key: DataKey,
     workdir: Path | None,
     parallel: int = 4,
+    progress: Progress | None = None,
 ) -> Path:
     """The artifact's plaintext (every part checked, then the whole stream against the
     manifest) in a new temp file in ``workdir``, for :func:`pg_restore_file`; the caller
@@ -163,7 +194,10 @@ def fetch_dump(
     offsets = BlockOffsets()
     try:
         with os.fdopen(fd, "wb") as fh:
-            for chunk in read_artifact(artifact, store=store, data_key=data_key, parallel=parallel):
+            chunks = read_artifact(
+                artifact, store=store, data_key=data_key, parallel=parallel, progress=progress
+            )
+            for chunk in chunks:
                 fh.write(chunk)
                 offsets.feed(chunk)
             try:

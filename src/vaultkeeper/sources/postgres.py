@@ -417,13 +417,7 @@ def prepare_target(target: Target, *, force: bool, timescaledb_version: str | No
     """
     with target.connect() as conn:
         major = server_major(conn)
-        existing = len(user_tables(conn))
-        if existing and not force:
-            raise Refused(
-                f"target database {target.dsn} is not empty ({existing} tables); restore into "
-                "an empty database, or pass --force to drop and replace the objects in the dump",
-                tables=existing,
-            )
+        refuse_non_empty(conn, target, force=force)
         if timescaledb_version:
             if force:
                 raise Refused(
@@ -432,6 +426,17 @@ def prepare_target(target: Target, *, force: bool, timescaledb_version: str | No
                 )
             _timescaledb_pre_restore(conn, target, timescaledb_version)
     return major
+
+
+def refuse_non_empty(conn: psycopg.Connection[Any], target: Target, *, force: bool) -> None:
+    """:class:`Refused` when ``target`` already has tables, unless ``force``."""
+    existing = len(user_tables(conn))
+    if existing and not force:
+        raise Refused(
+            f"target database {target.dsn} is not empty ({existing} tables); restore into "
+            "an empty database, or pass --force to drop and replace the objects in the dump",
+            tables=existing,
+        )
 
 
 def _timescaledb_pre_restore(conn: psycopg.Connection[Any], target: Target, version: str) -> None:
