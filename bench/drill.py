@@ -293,7 +293,7 @@ class Bench:
         )
         key = DataKey(ctx.keyring.unwrap(body["encryption"]["data_key"], sid), sid)
         started = time.perf_counter()
-        fetched = fetch_dump(artifact, store=store, data_key=key, workdir=path.parent)
+        fetched = fetch_dump(artifact, store=store, data_key=key, workdir=path.parent).path
         seconds = time.perf_counter() - started
         fetched.replace(path)
         return seconds

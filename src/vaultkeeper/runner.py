@@ -14,7 +14,8 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,11 +140,13 @@ def stream(
     secrets: Sequence[str] = (),
     stdin: bool = False,
     timeout: float | None = None,
+    on_stderr: Callable[[bytes], bool] | None = None,
 ) -> Iterator[Streaming]:
     """Start ``argv`` with a pipe on stdout (or stdin); on exit wait and check its status.
 
     If the body raises, the child is killed. If the child exits non-zero, ProgramFailed is raised
-    with its stderr tail, even when the body finished normally.
+    with its stderr tail, even when the body finished normally. ``on_stderr`` sees each stderr
+    line as it is written (from a thread) and says whether to keep it for that tail.
     """
     with tempfile.TemporaryFile() as err:
         try:
@@ -151,17 +154,25 @@ def stream(
                 list(argv),
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL if stdin else subprocess.PIPE,
-                stderr=err,
+                stderr=err if on_stderr is None else subprocess.PIPE,
                 env=_child_env(env),
                 start_new_session=True,
             )
         except FileNotFoundError:
             raise ProgramMissing(f"{argv[0]} not found", program=argv[0]) from None
         handle = Streaming(proc, err)
+        reader = None
+        if on_stderr is not None:
+            reader = threading.Thread(
+                target=_read_stderr, args=(proc, err, on_stderr), name="vk-stderr", daemon=True
+            )
+            reader.start()
         try:
             yield handle
         except BaseException:
             _kill(proc)
+            if reader is not None:
+                reader.join()
             raise
         finally:
             for pipe in (proc.stdin, proc.stdout):
@@ -175,8 +186,25 @@ def stream(
             raise ProgramFailed(
                 f"{Path(argv[0]).name} did not exit in time and was killed"
             ) from None
+        finally:
+            if reader is not None:
+                reader.join()
         if code != 0:
             raise _fail(argv, code, handle.stderr_text(), secrets)
+
+
+def _read_stderr(
+    proc: subprocess.Popen[bytes], keep: IO[bytes], on_line: Callable[[bytes], bool]
+) -> None:
+    assert proc.stderr is not None
+    with proc.stderr:
+        for line in proc.stderr:
+            try:
+                kept = on_line(line)
+            except Exception:  # a watcher's bug must not hide the program's own messages
+                kept = True
+            if kept:
+                keep.write(line)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

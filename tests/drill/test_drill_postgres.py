@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import jsonschema
+import psycopg
 import pytest
 from drill_helpers import leftovers, staging_target
 
@@ -128,6 +129,37 @@ def test_drill_fails_at_fingerprints_when_the_dump_data_was_tampered(drill_env) 
     assert doc["mismatch_counts"]["fingerprints"] == 1
     step = next(s for s in doc["steps"] if s["name"] == "fingerprints")
     assert step["evidence"]["appdb"]["mismatches"][0]["table"] == "public.events"
+
+
+def test_a_table_read_back_while_pg_restore_runs_is_still_checked(drill_env) -> None:
+    """Small tables are fingerprinted as soon as pg_restore reports their data loaded (the big
+    ones after): a forged row in one of them is a mismatch all the same."""
+    with psycopg.connect(drill_env.source_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE tiny (id int, label text)")
+        conn.execute("INSERT INTO tiny VALUES (1, 'tiny-original-label')")
+    sid = drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")["snapshot_id"]
+    good = _drill(drill_env, 0)
+    step = next(s for s in good["steps"] if s["name"] == "fingerprints")
+    early = step["evidence"]["appdb"]["read_back_during_restore"]
+    assert early["tables"] >= 1, early  # at least tiny, schema_migrations, pgbench_branches...
+
+    ctx = Context.load(str(drill_env.config_path))
+    _, cfg, store = ctx.store()
+    body = load(store, sid, ctx.trusted).manifest.body
+    art = ArtifactRecord.from_json(body["artifacts"][0])
+    key = DataKey(ctx.keyring.unwrap(body["encryption"]["data_key"], sid), sid)
+    dump = b"".join(read_artifact(art, store=store, data_key=key))
+    forged = dump.replace(b"tiny-original-label", b"tiny-forged--label!")
+    assert forged != dump and len(forged) == len(dump)
+    writer = SnapshotWriter(store, "primary", ctx.keyring, ctx.signer, cfg.lock, "postgres", None)
+    writer.add("pg_dump", art.format, iter([forged]))
+    writer.commit(body["source"], {"postgres": body["postgres"]})
+    doc = _drill(drill_env, 14, "--snapshot", writer.snapshot_id)
+    assert doc["failed_step"] == "fingerprints"
+    assert doc["mismatch_counts"]["fingerprints"] == 1
+    step = next(s for s in doc["steps"] if s["name"] == "fingerprints")
+    assert step["evidence"]["appdb"]["mismatches"][0]["table"] == "public.tiny"
+    assert step["evidence"]["appdb"]["read_back_during_restore"]["tables"] >= 1
 
 
 def test_drill_fails_when_a_probe_fails(drill_env) -> None:

@@ -45,7 +45,7 @@ from vaultkeeper.errors import ConfigError, Interrupted, NotFound, Refused, Vaul
 from vaultkeeper.interrupt import sigterm_as_interrupt
 from vaultkeeper.manifest import isoformat, parse_time
 from vaultkeeper.pipeline import ArtifactRecord
-from vaultkeeper.restore.postgres import fetch_dump, pg_restore_file
+from vaultkeeper.restore.postgres import FetchedDump, fetch_dump, pg_restore_file
 from vaultkeeper.restore.scratch import RESTORE_SETTINGS, scratch_cluster
 from vaultkeeper.runner import run
 from vaultkeeper.sources import postgres
@@ -220,7 +220,9 @@ class Drill:
         self.workdir: Path | None = None
         self._provisioning: Background[tuple[dict[str, postgres.Target], str]] | None = None
         #: per source: the dump fetched while the cluster came up, with its timing evidence
-        self._fetched: dict[str, tuple[Path, dict[str, Any]]] = {}
+        self._fetched: dict[str, tuple[FetchedDump, dict[str, Any]]] = {}
+        #: per source: tables read back while pg_restore still ran (see _restore_postgres)
+        self._read_backs: dict[str, postgres.ReadBack] = {}
         self._fetch_error: VaultkeeperError | None = None
         #: a step's own duration when it is not the time the step occupied (overlapped work)
         self._step_seconds: float | None = None
@@ -381,13 +383,13 @@ class Drill:
             started = self._offset()
             try:
                 key = DataKey(self.ctx.keyring.unwrap(body["encryption"]["data_key"], sid), sid)
-                path = fetch_dump(artifact, store=store, data_key=key, workdir=self.workdir)
+                fetched = fetch_dump(artifact, store=store, data_key=key, workdir=self.workdir)
             except VaultkeeperError as exc:
                 self._fetch_error = exc
                 return
-            stack.callback(path.unlink, missing_ok=True)
+            stack.callback(fetched.path.unlink, missing_ok=True)
             finished = self._offset()
-            self._fetched[source] = (path, _span(started, finished))
+            self._fetched[source] = (fetched, _span(started, finished))
 
     # ------------------------------------------------------------------ steps
 
@@ -508,15 +510,16 @@ class Drill:
             doc: dict[str, Any] = {"snapshot_id": sid, "bytes": artifact.size, "jobs": pg.jobs}
             fetched = self._fetched.pop(source, None)
             if fetched is not None:
-                path, fetch = fetched
+                dump, fetch = fetched
                 pg_restore_file(
                     target,
-                    path,
+                    dump.path,
                     jobs=pg.jobs,
                     no_owner=True,
                     timescaledb_version=body["source"].get("timescaledb_version"),
+                    on_table_data=self._start_read_back(stack, source, target, dump, pg.jobs),
                 )
-                path.unlink()
+                dump.path.unlink()
                 restored = _span(started, self._offset())
                 seconds = fetch["seconds"] + restored["seconds"]
                 doc.update(seconds=round(seconds, 3), fetch_to_temp_file=fetch, pg_restore=restored)
@@ -538,6 +541,29 @@ class Drill:
         self._step_seconds = work
         return {"restored": out}
 
+    def _start_read_back(
+        self, stack: ExitStack, source: str, target: postgres.Target, dump: FetchedDump, jobs: int
+    ) -> Callable[[int], None] | None:
+        """Fingerprint each table but the largest ones as soon as pg_restore has loaded it
+        (:class:`~vaultkeeper.sources.postgres.ReadBack`); the fingerprints step reads the rest.
+        A table holding more than 1/jobs of the data is left to that step, read in block ranges
+        over every connection."""
+        pg = self.manifests[source].get("postgres", {})
+        mode = pg.get("fingerprint_mode", "full")
+        if mode == "off" or not dump.tables:
+            return None
+        read_back = postgres.ReadBack(target, mode, pg.get("excluded_tables", []), jobs=jobs)
+        stack.callback(read_back.close)
+        self._read_backs[source] = read_back
+        limit = sum(size for _, _, size in dump.tables.values()) / max(jobs, 1)
+
+        def loaded(dump_id: int) -> None:
+            schema, table, size = dump.tables.get(dump_id, ("", "", limit + 1))
+            if size <= limit:
+                read_back.loaded(schema, table)
+
+        return loaded
+
     def _fingerprints(self, stack: ExitStack) -> dict[str, Any]:
         if not self.databases:
             return {"skipped": "no postgres in this target"}
@@ -548,13 +574,19 @@ class Drill:
             pg = self.manifests[source].get("postgres", {})
             mode = pg.get("fingerprint_mode", "full")
             mismatches: list[dict[str, Any]] = []
+            early: dict[str, Any] = {}
+            read_back = self._read_backs.pop(source, None)
             if mode != "off":
-                actual = postgres.current_fingerprints(
-                    target,
-                    mode,
-                    pg.get("excluded_tables", []),
-                    jobs=self.target.postgres.jobs if self.target.postgres else 1,
-                )
+                if read_back is not None:  # some tables were read while pg_restore ran
+                    actual = read_back.finish()
+                    early = {"tables": len(read_back.done), "seconds": round(read_back.seconds, 3)}
+                else:
+                    actual = postgres.current_fingerprints(
+                        target,
+                        mode,
+                        pg.get("excluded_tables", []),
+                        jobs=self.target.postgres.jobs if self.target.postgres else 1,
+                    )
                 mismatches = postgres.compare(pg.get("tables", []), actual, strict=True)
             expected_head = (pg.get("schema_migrations") or {}).get("head")
             actual_head = None
@@ -567,6 +599,7 @@ class Drill:
             total += len(mismatches)
             evidence[source] = {
                 "tables_checked": len(pg.get("tables", [])),
+                **({"read_back_during_restore": early} if early else {}),
                 "mismatch_count": len(mismatches),
                 "mismatches": mismatches[:20],
                 "schema_migrations": {"expected": expected_head, "actual": actual_head},

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,18 @@ from vaultkeeper.crypto import DataKey
 from vaultkeeper.errors import IntegrityError, Refused
 from vaultkeeper.pipeline import ArtifactRecord, read_artifact
 from vaultkeeper.progress import Progress
-from vaultkeeper.runner import run
+from vaultkeeper.runner import run, stream
 from vaultkeeper.sources import postgres
 from vaultkeeper.sources.dumpscan import BlockOffsets, DumpFormatError
 from vaultkeeper.store.base import ObjectStore
 
 log = logging.getLogger("vaultkeeper.restore.postgres")
+
+#: pg_restore --verbose: a table's data is committed (parallel mode reports each item)
+_FINISHED_DATA = re.compile(rb"pg_restore: finished item (\d+) TABLE DATA ")
+#: pg_restore --verbose's progress lines, not kept for an error message (its errors, warnings
+#: and their details are)
+_PROGRESS = re.compile(rb"pg_restore: (?!error|warning|detail|hint)[a-z]")
 
 
 @dataclass
@@ -114,7 +122,9 @@ def restore_postgres(
     if jobs > 1:
         with target.connect() as conn:  # before fetching a dump that could not be restored
             postgres.refuse_non_empty(conn, target, force=force)
-        path = fetch_dump(artifact, store=store, data_key=data_key, workdir=workdir, progress=bar)
+        path = fetch_dump(
+            artifact, store=store, data_key=data_key, workdir=workdir, progress=bar
+        ).path
         bar.finish()
         try:
             pg_restore_file(
@@ -173,6 +183,14 @@ def restore_postgres(
 # ---------------------------------------------------------------- the two halves of a -j restore
 
 
+@dataclass(frozen=True)
+class FetchedDump:
+    path: Path
+    #: dump id -> (schema, table, bytes) of each table's data; empty when the dump could not be
+    #: read (it is then restored as it came)
+    tables: dict[int, tuple[str, str, int]]
+
+
 def fetch_dump(
     artifact: ArtifactRecord,
     *,
@@ -181,7 +199,7 @@ def fetch_dump(
     workdir: Path | None,
     parallel: int = 4,
     progress: Progress | None = None,
-) -> Path:
+) -> FetchedDump:
     """The artifact's plaintext (every part checked, then the whole stream against the
     manifest) in a new temp file in ``workdir``, for :func:`pg_restore_file`; the caller
     removes it. Its table of contents gets the data offsets a pipe could not give pg_dump
@@ -207,7 +225,7 @@ def fetch_dump(
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return path
+    return FetchedDump(path, offsets.table_data)
 
 
 def pg_restore_file(
@@ -218,15 +236,30 @@ def pg_restore_file(
     no_owner: bool,
     force: bool = False,
     timescaledb_version: str | None = None,
+    on_table_data: Callable[[int], None] | None = None,
 ) -> None:
     """``pg_restore --jobs`` of a dump file from :func:`fetch_dump` into ``target``: the
     parallel counterpart of :func:`vaultkeeper.sources.postgres.restore` (same checks, same
     flags, same TimescaleDB procedure), for callers that fetch the dump first. A failure can
-    leave a partly restored database."""
+    leave a partly restored database. ``on_table_data(dump_id)`` is called (from another
+    thread) as soon as pg_restore has committed a table's data."""
     major = postgres.prepare_target(target, force=force, timescaledb_version=timescaledb_version)
     try:
         argv = postgres.pg_restore_argv(target, major, force=force, no_owner=no_owner)
         argv += [f"--jobs={max(jobs, 1)}", str(path)]
-        run(argv, env=target.env, secrets=target.secrets, timeout=None)
+        if on_table_data is None:
+            run(argv, env=target.env, secrets=target.secrets, timeout=None)
+        else:
+            report = on_table_data
+
+            def watch(line: bytes) -> bool:
+                if m := _FINISHED_DATA.match(line):
+                    report(int(m.group(1)))
+                return not _PROGRESS.match(line)
+
+            with stream(
+                [*argv, "--verbose"], env=target.env, secrets=target.secrets, on_stderr=watch
+            ):
+                pass
     finally:
         postgres.finish_target(target, timescaledb_version)

@@ -229,6 +229,12 @@ class BlockOffsets(_Scan):
 
     _digest = False
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: after :meth:`patch`: dump id -> (schema, table, bytes in the archive) of each
+        #: table's data
+        self.table_data: dict[int, tuple[str, str, int]] = {}
+
     def patch(self, fh: BinaryIO) -> int:
         """Write the offsets into ``fh`` (the whole archive fed, open for update); the number
         of entries set. :class:`DumpFormatError`, with nothing written, when the stream was not
@@ -245,7 +251,15 @@ class BlockOffsets(_Scan):
         for pos, field in writes:
             fh.seek(pos)
             fh.write(field)
-        fh.seek(0, 2)
+        end = fh.seek(0, 2)
+        starts = sorted((toc.end + offset, dump_id) for dump_id, offset in self._scanner.offsets())
+        self.table_data = {
+            dump_id: (by_id[dump_id].namespace, by_id[dump_id].tag, following - start)
+            for (start, dump_id), following in zip(
+                starts, [s for s, _ in starts[1:]] + [end], strict=True
+            )
+            if by_id[dump_id].desc == "TABLE DATA"
+        }
         return len(writes)
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -558,7 +560,12 @@ def compare(
 
 
 def current_fingerprints(
-    target: Target, mode: str, exclude: list[str], *, jobs: int = 1
+    target: Target,
+    mode: str,
+    exclude: list[str],
+    *,
+    jobs: int = 1,
+    done: dict[tuple[str, str], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """The fingerprints of the tables in ``target`` now, to compare with a manifest's.
 
@@ -568,12 +575,16 @@ def current_fingerprints(
     on PostgreSQL 14 or later a table larger than its share is read in heap-block ranges, so one
     big table does not leave the other connections idle. Meant for a database nobody writes to
     (a restore just made): with ``jobs`` > 1 the tables are not read in one snapshot.
+    ``done``: tables already fingerprinted (:class:`ReadBack`), not read again.
     """
     via_copy = mode == "full" and copytext.NATIVE
+    done = done or {}
     with target.connect() as conn:
-        tables = user_tables(conn, exclude)
+        every = user_tables(conn, exclude)
+        tables = [t for t in every if t not in done]
         if jobs <= 1 or not tables:
-            return [_table_fingerprint(conn, s, t, mode, via_copy=via_copy) for s, t in tables]
+            fresh = {t: _table_fingerprint(conn, *t, mode, via_copy=via_copy) for t in tables}
+            return [done.get(t) or fresh[t] for t in every]
         row = conn.execute("SELECT current_setting('block_size')::int").fetchone()
         assert row is not None
         block_size = int(row[0])
@@ -612,7 +623,59 @@ def current_fingerprints(
         if parts:
             rows, digest = combine(parts)
             entries[table] = {"schema": table[0], "table": table[1], "rows": rows, "digest": digest}
-    return [entries[t] for t in tables]
+    return [done.get(t) or entries[t] for t in every]
+
+
+class ReadBack:
+    """:func:`current_fingerprints` in two halves, for a restore still running: tables handed
+    to :meth:`loaded` (their data committed, nothing left to change them: indexes, constraints
+    and triggers come after and do not touch rows) are fingerprinted at once on one connection
+    while pg_restore works on the others; :meth:`finish` reads the rest and returns them all.
+
+    Why: the read-back is CPU-bound on both cores once pg_restore is done, while pg_restore
+    leaves some CPU idle. Big tables are best left to :meth:`finish` (read in block ranges over
+    every connection, and not competing with their own index builds). A failure here only
+    means :meth:`finish` reads that table itself."""
+
+    def __init__(self, target: Target, mode: str, exclude: list[str], *, jobs: int) -> None:
+        self.target, self.mode, self.exclude, self.jobs = target, mode, exclude, jobs
+        self.done: dict[tuple[str, str], dict[str, Any]] = {}
+        self.seconds = 0.0
+        self._queue: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="vk-read-back", daemon=True)
+        self._started = False
+
+    def loaded(self, schema: str, table: str) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        self._queue.put((schema, table))
+
+    def _work(self) -> None:
+        via_copy = self.mode == "full" and copytext.NATIVE
+        try:
+            with self.target.connect() as conn:
+                wanted = set(user_tables(conn, self.exclude))
+                while (table := self._queue.get()) is not None:
+                    if table in wanted:
+                        t0 = time.monotonic()
+                        entry = _table_fingerprint(conn, *table, self.mode, via_copy=via_copy)
+                        self.done[table] = entry
+                        self.seconds += time.monotonic() - t0
+        except Exception as exc:  # the rest is read by finish()
+            log.info("read-back during the restore stopped: %s", _first_line(exc))
+
+    def close(self) -> None:
+        """Stop reading (idempotent); what was read stays in :attr:`done`."""
+        if self._started and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def finish(self) -> list[dict[str, Any]]:
+        self.close()
+        return current_fingerprints(
+            self.target, self.mode, self.exclude, jobs=self.jobs, done=dict(self.done)
+        )
 
 
 def _pieces(
