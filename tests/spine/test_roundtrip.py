@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import psycopg
 
+from vaultkeeper.catalog import load
+from vaultkeeper.context import Context
+from vaultkeeper.crypto import DataKey
+from vaultkeeper.pipeline import ArtifactRecord, read_artifact
+from vaultkeeper.snapshot import SnapshotWriter
 from vaultkeeper.sources.postgres import Target, current_fingerprints
 
 
@@ -76,6 +81,31 @@ def test_parallel_restore_verifies_the_whole_dump_first_and_cleans_up(env) -> No
     code, _, err = env.cli(*args, "--into", target, expect=8)
     assert "is not empty" in err
     assert list(temp.iterdir()) == []
+
+
+def test_parallel_restore_catches_a_forged_row_in_a_table_read_while_it_loads(env) -> None:
+    """With --jobs, small tables are fingerprinted as soon as pg_restore has loaded them."""
+    with psycopg.connect(env.source_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE tiny (id int, label text)")
+        conn.execute("INSERT INTO tiny VALUES (1, 'tiny-original-label')")
+    sid = env.cli_json("backup", "postgres", "--job", "appdb-nightly")["snapshot_id"]
+    ctx = Context.load(str(env.config_path))
+    _, cfg, store = ctx.store()
+    body = load(store, sid, ctx.trusted).manifest.body
+    art = ArtifactRecord.from_json(body["artifacts"][0])
+    key = DataKey(ctx.keyring.unwrap(body["encryption"]["data_key"], sid), sid)
+    dump = b"".join(read_artifact(art, store=store, data_key=key))
+    forged = dump.replace(b"tiny-original-label", b"tiny-forged--label!")
+    assert forged != dump
+    writer = SnapshotWriter(store, "primary", ctx.keyring, ctx.signer, cfg.lock, "postgres", None)
+    writer.add("pg_dump", art.format, iter([forged]))
+    writer.commit(body["source"], {"postgres": body["postgres"]})
+    target = env.make_db("vkt_restore")
+    restored = env.cli_json(
+        "restore", "postgres", writer.snapshot_id, "--into", target, "--jobs", "2", expect=10
+    )
+    assert restored["ok"] is False and restored["jobs"] == 2
+    assert [m["table"] for m in restored["mismatches"]] == ["public.tiny"]
 
 
 def test_restore_refuses_a_non_empty_target_without_force(env) -> None:

@@ -45,7 +45,12 @@ from vaultkeeper.errors import ConfigError, Interrupted, NotFound, Refused, Vaul
 from vaultkeeper.interrupt import sigterm_as_interrupt
 from vaultkeeper.manifest import isoformat, parse_time
 from vaultkeeper.pipeline import ArtifactRecord
-from vaultkeeper.restore.postgres import FetchedDump, fetch_dump, pg_restore_file
+from vaultkeeper.restore.postgres import (
+    FetchedDump,
+    fetch_dump,
+    pg_restore_file,
+    read_back_early,
+)
 from vaultkeeper.restore.scratch import RESTORE_SETTINGS, scratch_cluster
 from vaultkeeper.runner import run
 from vaultkeeper.sources import postgres
@@ -544,24 +549,14 @@ class Drill:
     def _start_read_back(
         self, stack: ExitStack, source: str, target: postgres.Target, dump: FetchedDump, jobs: int
     ) -> Callable[[int], None] | None:
-        """Fingerprint each table but the largest ones as soon as pg_restore has loaded it
-        (:class:`~vaultkeeper.sources.postgres.ReadBack`); the fingerprints step reads the rest.
-        A table holding more than 1/jobs of the data is left to that step, read in block ranges
-        over every connection."""
-        pg = self.manifests[source].get("postgres", {})
-        mode = pg.get("fingerprint_mode", "full")
-        if mode == "off" or not dump.tables:
-            return None
-        read_back = postgres.ReadBack(target, mode, pg.get("excluded_tables", []), jobs=jobs)
-        stack.callback(read_back.close)
-        self._read_backs[source] = read_back
-        limit = sum(size for _, _, size in dump.tables.values()) / max(jobs, 1)
-
-        def loaded(dump_id: int) -> None:
-            schema, table, size = dump.tables.get(dump_id, ("", "", limit + 1))
-            if size <= limit:
-                read_back.loaded(schema, table)
-
+        """Small tables are fingerprinted as pg_restore loads them (:func:`read_back_early`);
+        the fingerprints step reads the rest and compares."""
+        read_back, loaded = read_back_early(
+            target, dump, self.manifests[source].get("postgres", {}), jobs=jobs
+        )
+        if read_back is not None:
+            stack.callback(read_back.close)
+            self._read_backs[source] = read_back
         return loaded
 
     def _fingerprints(self, stack: ExitStack) -> dict[str, Any]:

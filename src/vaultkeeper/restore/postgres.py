@@ -118,25 +118,28 @@ def restore_postgres(
     )
     target = postgres.Target.parse(into)
     timescaledb_version = (body.get("source") or {}).get("timescaledb_version")
+    read_back: postgres.ReadBack | None = None
     bar = Progress(f"restore {entry.snapshot_id}", total=artifact.size, enabled=show_progress)
     if jobs > 1:
         with target.connect() as conn:  # before fetching a dump that could not be restored
             postgres.refuse_non_empty(conn, target, force=force)
-        path = fetch_dump(
-            artifact, store=store, data_key=data_key, workdir=workdir, progress=bar
-        ).path
+        dump = fetch_dump(artifact, store=store, data_key=data_key, workdir=workdir, progress=bar)
         bar.finish()
+        read_back, loaded = read_back_early(target, dump, body.get("postgres", {}), jobs=jobs)
         try:
             pg_restore_file(
                 target,
-                path,
+                dump.path,
                 jobs=jobs,
                 no_owner=no_owner,
                 force=force,
                 timescaledb_version=timescaledb_version,
+                on_table_data=loaded,
             )
         finally:
-            path.unlink(missing_ok=True)
+            dump.path.unlink(missing_ok=True)
+            if read_back is not None:
+                read_back.close()
     else:
         postgres.restore(
             target,
@@ -152,14 +155,14 @@ def restore_postgres(
     pg = body.get("postgres", {})
     expected = pg.get("tables", [])
     mode = pg.get("fingerprint_mode", "full")
-    actual = (
+    actual = []
+    if read_back is not None:
+        actual = read_back.finish()
+    elif mode != "off":
         # read back over several connections: nobody writes to a database just restored
-        postgres.current_fingerprints(
+        actual = postgres.current_fingerprints(
             target, mode, pg.get("excluded_tables", []), jobs=max(2, jobs)
         )
-        if mode != "off"
-        else []
-    )
     mismatches = postgres.compare(expected, actual) if mode != "off" else []
     migrations = pg.get("schema_migrations") or {}
     actual_head = None
@@ -226,6 +229,30 @@ def fetch_dump(
         path.unlink(missing_ok=True)
         raise
     return FetchedDump(path, offsets.table_data)
+
+
+def read_back_early(
+    target: postgres.Target, dump: FetchedDump, manifest_pg: dict[str, Any], *, jobs: int
+) -> tuple[postgres.ReadBack | None, Callable[[int], None] | None]:
+    """A :class:`~vaultkeeper.sources.postgres.ReadBack` for a restore of ``dump``, and the
+    ``on_table_data`` callback for :func:`pg_restore_file` that feeds it the tables holding at
+    most 1/jobs of the dump's table data as pg_restore loads them; bigger ones are left to
+    :meth:`~vaultkeeper.sources.postgres.ReadBack.finish` (block ranges over every connection,
+    not competing with their own index builds). (None, None) when there is nothing to read
+    back or the dump's tables are unknown."""
+    mode = manifest_pg.get("fingerprint_mode", "full")
+    if mode == "off" or not dump.tables:
+        return None, None
+    excluded = manifest_pg.get("excluded_tables", [])
+    read_back = postgres.ReadBack(target, mode, excluded, jobs=max(2, jobs))
+    limit = sum(size for _, _, size in dump.tables.values()) / max(jobs, 1)
+
+    def loaded(dump_id: int) -> None:
+        schema, table, size = dump.tables.get(dump_id, ("", "", limit + 1))
+        if size <= limit:
+            read_back.loaded(schema, table)
+
+    return read_back, loaded
 
 
 def pg_restore_file(
