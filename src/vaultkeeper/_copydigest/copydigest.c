@@ -753,16 +753,24 @@ static int take_int(DumpScannerObject *d, const uint8_t **p, size_t *n, int64_t 
     return 1;
 }
 
+/* Room for one more element in a growing array (*arr, n used of *cap); -1 out of memory. */
+static int reserve_one(void **arr, size_t n, size_t *cap, size_t elem)
+{
+    if (n < *cap)
+        return 0;
+    size_t grown = *cap ? 2 * *cap : 64;
+    void *r = realloc(*arr, grown * elem);
+    if (r == NULL)
+        return -1;
+    *arr = r;
+    *cap = grown;
+    return 0;
+}
+
 static int push_start(DumpScannerObject *d, int64_t dump_id)
 {
-    if (d->nstarts == d->capstarts) {
-        size_t cap = d->capstarts ? 2 * d->capstarts : 64;
-        block_start *r = realloc(d->starts, cap * sizeof(*r));
-        if (r == NULL)
-            return -1;
-        d->starts = r;
-        d->capstarts = cap;
-    }
+    if (reserve_one((void **)&d->starts, d->nstarts, &d->capstarts, sizeof(*d->starts)) < 0)
+        return -1;
     d->starts[d->nstarts++] = (block_start){dump_id, d->this_start};
     return 0;
 }
@@ -820,14 +828,9 @@ static int scan_feed(DumpScannerObject *d, const uint8_t *p, size_t n)
             }
             if (d->digest)
                 copy_flush(&d->copy);
-            if (d->nresults == d->capresults) {
-                size_t cap = d->capresults ? 2 * d->capresults : 64;
-                block_result *r = realloc(d->results, cap * sizeof(*r));
-                if (r == NULL)
-                    return -1;
-                d->results = r;
-                d->capresults = cap;
-            }
+            if (reserve_one((void **)&d->results, d->nresults, &d->capresults,
+                            sizeof(*d->results)) < 0)
+                return -1;
             d->results[d->nresults++] =
                 (block_result){d->current_id, d->copy.rows, d->copy.sum};
             d->state = S_TYPE;

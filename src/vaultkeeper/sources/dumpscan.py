@@ -241,23 +241,22 @@ class BlockOffsets(_Scan):
         read to its end or a block does not match an entry waiting for its offset."""
         toc = self._complete()
         by_id = {e.dump_id: e for e in toc.entries}
+        # in stream order: each block ends where the next begins, the last at the archive's end
+        starts = [(dump_id, toc.end + offset) for dump_id, offset in self._scanner.offsets()]
         writes: list[tuple[int, bytes]] = []
-        for dump_id, offset in self._scanner.offsets():
+        for dump_id, start in starts:
             entry = by_id.get(dump_id)
             if entry is None or entry.offset_flag != _OFFSET_NOT_SET:
                 raise DumpFormatError(f"data block of dump id {dump_id} has no entry to set")
-            field = bytes([_OFFSET_SET]) + (toc.end + offset).to_bytes(toc.off_size, "little")
+            field = bytes([_OFFSET_SET]) + start.to_bytes(toc.off_size, "little")
             writes.append((entry.offset_pos, field))
         for pos, field in writes:
             fh.seek(pos)
             fh.write(field)
-        end = fh.seek(0, 2)
-        starts = sorted((toc.end + offset, dump_id) for dump_id, offset in self._scanner.offsets())
+        ends = [start for _, start in starts[1:]] + [fh.seek(0, 2)]
         self.table_data = {
-            dump_id: (by_id[dump_id].namespace, by_id[dump_id].tag, following - start)
-            for (start, dump_id), following in zip(
-                starts, [s for s, _ in starts[1:]] + [end], strict=True
-            )
+            dump_id: (by_id[dump_id].namespace, by_id[dump_id].tag, end - start)
+            for (dump_id, start), end in zip(starts, ends, strict=True)
             if by_id[dump_id].desc == "TABLE DATA"
         }
         return len(writes)
