@@ -45,6 +45,32 @@ class Env:
         )
 
 
+def forge_dump(env: Env, sid: str, old: bytes, new: bytes, *, at_least: int = 1) -> str:
+    """An insider with the keys rewrites bytes of snapshot ``sid``'s dump (``old`` -> ``new``,
+    same length, found ``at_least`` times) and commits it, validly signed, as a new snapshot:
+    its id."""
+    from vaultkeeper.catalog import load
+    from vaultkeeper.context import Context
+    from vaultkeeper.crypto import DataKey
+    from vaultkeeper.pipeline import ArtifactRecord, read_artifact
+    from vaultkeeper.snapshot import SnapshotWriter
+
+    assert len(old) == len(new) and old != new
+    ctx = Context.load(str(env.config_path))
+    _, cfg, store = ctx.store()
+    entry = load(store, sid, ctx.trusted)
+    assert entry.manifest is not None
+    body = entry.manifest.body
+    art = ArtifactRecord.from_json(body["artifacts"][0])
+    key = DataKey(ctx.keyring.unwrap(body["encryption"]["data_key"], sid), sid)
+    dump = b"".join(read_artifact(art, store=store, data_key=key))
+    assert dump.count(old) >= at_least
+    writer = SnapshotWriter(store, "primary", ctx.keyring, ctx.signer, cfg.lock, "postgres", None)
+    writer.add("pg_dump", art.format, iter([dump.replace(old, new)]))
+    writer.commit(body["source"], {"postgres": body["postgres"]})
+    return writer.snapshot_id
+
+
 def run_cli(args: list[str], expect: int | None = 0) -> tuple[int, str, str]:
     """Run the real CLI entry point in-process, capturing output and the exit code."""
     import contextlib

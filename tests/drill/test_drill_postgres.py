@@ -16,11 +16,7 @@ import psycopg
 import pytest
 from drill_helpers import leftovers, staging_target
 
-from vaultkeeper.catalog import load
-from vaultkeeper.context import Context
-from vaultkeeper.crypto import DataKey
-from vaultkeeper.pipeline import ArtifactRecord, read_artifact
-from vaultkeeper.snapshot import SnapshotWriter
+from vkenv import forge_dump
 
 SCHEMA = json.loads(
     (
@@ -112,19 +108,10 @@ def test_drill_fails_at_restore_on_a_corrupted_part(drill_env) -> None:
 def test_drill_fails_at_fingerprints_when_the_dump_data_was_tampered(drill_env) -> None:
     """An insider with the keys rewrites rows in the dump and re-signs: fingerprints catch it."""
     sid = drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")["snapshot_id"]
-    ctx = Context.load(str(drill_env.config_path))
-    _, cfg, store = ctx.store()
-    body = load(store, sid, ctx.trusted).manifest.body
-    art = ArtifactRecord.from_json(body["artifacts"][0])
-    key = DataKey(ctx.keyring.unwrap(body["encryption"]["data_key"], sid), sid)
-    dump = b"".join(read_artifact(art, store=store, data_key=key))
-    assert dump.count(b"agent-16\t") > 100
-    forged = dump.replace(b"agent-16\t", b"agent-61\t")  # same length, different rows
-    writer = SnapshotWriter(store, "primary", ctx.keyring, ctx.signer, cfg.lock, "postgres", None)
-    writer.add("pg_dump", art.format, iter([forged]))
-    writer.commit(body["source"], {"postgres": body["postgres"]})
-    doc = _drill(drill_env, 14, "--snapshot", writer.snapshot_id)
-    assert doc["snapshots"]["postgres"]["appdb"] == writer.snapshot_id
+    # same length, different rows
+    forged = forge_dump(drill_env, sid, b"agent-16\t", b"agent-61\t", at_least=101)
+    doc = _drill(drill_env, 14, "--snapshot", forged)
+    assert doc["snapshots"]["postgres"]["appdb"] == forged
     assert doc["failed_step"] == "fingerprints"
     assert doc["mismatch_counts"]["fingerprints"] == 1
     step = next(s for s in doc["steps"] if s["name"] == "fingerprints")
@@ -143,18 +130,8 @@ def test_a_table_read_back_while_pg_restore_runs_is_still_checked(drill_env) -> 
     early = step["evidence"]["appdb"]["read_back_during_restore"]
     assert early["tables"] >= 1, early  # at least tiny, schema_migrations, pgbench_branches...
 
-    ctx = Context.load(str(drill_env.config_path))
-    _, cfg, store = ctx.store()
-    body = load(store, sid, ctx.trusted).manifest.body
-    art = ArtifactRecord.from_json(body["artifacts"][0])
-    key = DataKey(ctx.keyring.unwrap(body["encryption"]["data_key"], sid), sid)
-    dump = b"".join(read_artifact(art, store=store, data_key=key))
-    forged = dump.replace(b"tiny-original-label", b"tiny-forged--label!")
-    assert forged != dump and len(forged) == len(dump)
-    writer = SnapshotWriter(store, "primary", ctx.keyring, ctx.signer, cfg.lock, "postgres", None)
-    writer.add("pg_dump", art.format, iter([forged]))
-    writer.commit(body["source"], {"postgres": body["postgres"]})
-    doc = _drill(drill_env, 14, "--snapshot", writer.snapshot_id)
+    forged = forge_dump(drill_env, sid, b"tiny-original-label", b"tiny-forged--label!")
+    doc = _drill(drill_env, 14, "--snapshot", forged)
     assert doc["failed_step"] == "fingerprints"
     assert doc["mismatch_counts"]["fingerprints"] == 1
     step = next(s for s in doc["steps"] if s["name"] == "fingerprints")

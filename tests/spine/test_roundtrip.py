@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
-from vaultkeeper.catalog import load
-from vaultkeeper.context import Context
-from vaultkeeper.crypto import DataKey
-from vaultkeeper.pipeline import ArtifactRecord, read_artifact
-from vaultkeeper.snapshot import SnapshotWriter
 from vaultkeeper.sources.postgres import Target, current_fingerprints
+from vkenv import forge_dump
 
 
 def test_backup_verify_restore_round_trip_preserves_every_row(env) -> None:
@@ -89,20 +85,10 @@ def test_parallel_restore_catches_a_forged_row_in_a_table_read_while_it_loads(en
         conn.execute("CREATE TABLE tiny (id int, label text)")
         conn.execute("INSERT INTO tiny VALUES (1, 'tiny-original-label')")
     sid = env.cli_json("backup", "postgres", "--job", "appdb-nightly")["snapshot_id"]
-    ctx = Context.load(str(env.config_path))
-    _, cfg, store = ctx.store()
-    body = load(store, sid, ctx.trusted).manifest.body
-    art = ArtifactRecord.from_json(body["artifacts"][0])
-    key = DataKey(ctx.keyring.unwrap(body["encryption"]["data_key"], sid), sid)
-    dump = b"".join(read_artifact(art, store=store, data_key=key))
-    forged = dump.replace(b"tiny-original-label", b"tiny-forged--label!")
-    assert forged != dump
-    writer = SnapshotWriter(store, "primary", ctx.keyring, ctx.signer, cfg.lock, "postgres", None)
-    writer.add("pg_dump", art.format, iter([forged]))
-    writer.commit(body["source"], {"postgres": body["postgres"]})
+    forged = forge_dump(env, sid, b"tiny-original-label", b"tiny-forged--label!")
     target = env.make_db("vkt_restore")
     restored = env.cli_json(
-        "restore", "postgres", writer.snapshot_id, "--into", target, "--jobs", "2", expect=10
+        "restore", "postgres", forged, "--into", target, "--jobs", "2", expect=10
     )
     assert restored["ok"] is False and restored["jobs"] == 2
     assert [m["table"] for m in restored["mismatches"]] == ["public.tiny"]
