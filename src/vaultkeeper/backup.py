@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from vaultkeeper.config import PostgresSource
 from vaultkeeper.context import Context
 from vaultkeeper.errors import ConfigError
-from vaultkeeper.pipeline import WriteOptions
+from vaultkeeper.pipeline import ArtifactRecord, WriteOptions
 from vaultkeeper.progress import Progress
 from vaultkeeper.snapshot import SnapshotWriter
 from vaultkeeper.sources import postgres
@@ -55,39 +57,51 @@ def backup_postgres(ctx: Context, job_name: str, show_progress: bool | None = No
         raise ConfigError(f"{ctx.config.path}: sources.{job.source} is not a postgres source")
     password = src.password.read(f"sources.{job.source}.password") if src.password else None
     target = postgres.Target.parse(src.dsn, password, src.bin_dir)
-    store_name, store_cfg, store = ctx.store(job.store)
-    store.check()
-    writer = SnapshotWriter(
-        store=store,
-        store_name=store_name,
-        keyring=ctx.keyring,
-        signer=ctx.signer,
-        policy=store_cfg.lock,
-        kind="postgres",
-        job=job_name,
-        options=WriteOptions(
-            chunk_size=job.chunk_size_mib << 20,
-            parallel=job.parallel_uploads,
-            compression_level=job.compression_level,
-        ),
-    )
-    bar = Progress(f"backup {job.source} -> {store_name}", enabled=show_progress)
+    started_at = datetime.now(UTC)  # before the exported snapshot: the RPO is never understated
+    opened: list[tuple[SnapshotWriter, Progress]] = []
+
+    def write(chunks: Iterator[bytes]) -> ArtifactRecord:
+        # Called once pg_dump runs: the store, keys and pipeline get ready while pg_dump reads
+        # the catalog, instead of before it starts. A failure here kills pg_dump; nothing of
+        # the snapshot has been written yet.
+        store_name, store_cfg, store = ctx.store(job.store)
+        store.check()
+        writer = SnapshotWriter(
+            store=store,
+            store_name=store_name,
+            keyring=ctx.keyring,
+            signer=ctx.signer,
+            policy=store_cfg.lock,
+            kind="postgres",
+            job=job_name,
+            options=WriteOptions(
+                chunk_size=job.chunk_size_mib << 20,
+                parallel=job.parallel_uploads,
+                compression_level=job.compression_level,
+            ),
+            started=started_at,
+        )
+        bar = Progress(f"backup {job.source} -> {store_name}", enabled=show_progress)
+        opened.append((writer, bar))
+        return writer.add(postgres.ARTIFACT, postgres.FORMAT, chunks, bar)
+
     result = postgres.dump(
         target,
         job.source,
-        chunk_size=writer.options.chunk_size,
+        chunk_size=job.chunk_size_mib << 20,
         fingerprint_mode=src.fingerprints,
         migrations_table=src.schema_migrations_table,
         exclude=src.exclude_tables,
         audit_schema=src.audit_schema,
-        write=lambda chunks: writer.add(postgres.ARTIFACT, postgres.FORMAT, chunks, bar),
+        write=write,
     )
+    writer, bar = opened[0]
     bar.finish()
     writer.commit(result.source, {"postgres": result.postgres})
     art = result.artifact
     return BackupResult(
         snapshot_id=writer.snapshot_id,
-        store=store_name,
+        store=writer.store_name,
         source=job.source,
         bytes=art.size,
         stored_bytes=art.stored_size,

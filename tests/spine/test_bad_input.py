@@ -19,6 +19,24 @@ def _no_snapshots(env) -> None:
     assert list(env.root.glob("**/manifest.json")) == []
 
 
+def _no_dump_left(env) -> None:
+    """pg_dump starts before the store is checked: a store failure must kill it and close its
+    session (and vaultkeeper's exported-snapshot transaction) on the source."""
+    dbname = env.source_dsn.split("dbname=")[1]
+    deadline = time.monotonic() + 10
+    with psycopg.connect(env.source_dsn, autocommit=True) as conn:
+        while True:
+            left = conn.execute(
+                "SELECT application_name, state FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (dbname,),
+            ).fetchall()
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert left == []
+
+
 def test_missing_config_key_names_the_key_and_the_file(env) -> None:
     cfg = env.config()
     del cfg["stores"]["primary"]["lock"]
@@ -82,6 +100,7 @@ def test_unreachable_s3_endpoint_fails_fast_with_the_endpoint_named(env, monkeyp
     _, _, err = env.cli("backup", "postgres", "--job", "appdb-nightly", expect=4)
     assert time.monotonic() - started < 30
     assert f"127.0.0.1:{port}" in err
+    _no_dump_left(env)
 
 
 def test_bucket_without_object_lock_is_refused(env, s3_endpoint: str) -> None:
@@ -99,6 +118,7 @@ def test_bucket_without_object_lock_is_refused(env, s3_endpoint: str) -> None:
     assert "plain" in err and "Object Lock" in err
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     assert s3.list_objects_v2(Bucket="plain").get("KeyCount", 0) == 0
+    _no_dump_left(env)
 
 
 def test_missing_pg_dump_is_named(env) -> None:

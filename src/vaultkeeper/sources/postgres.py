@@ -123,11 +123,14 @@ def program(name: str, target: Target, major: int) -> str:
             raise ProgramMissing(f"{name} not found in the configured bin_dir {target.bin_dir}")
         path = str(candidate)
     else:
+        versioned = Path(f"/usr/lib/postgresql/{major}/bin")
         path = find_program(
             name,
-            Path(f"/usr/lib/postgresql/{major}/bin"),
+            versioned,
             install_hint=f"install postgresql-client-{major} (Debian) or set bin_dir",
         )
+        if Path(path).parent == versioned:
+            return path  # Debian's directory of this very major version: no need to ask
     out = run([path, "--version"], timeout=30).stdout.decode()
     m = re.search(r"(\d+)(?:\.\d+)?", out)
     if m and int(m.group(1)) < major:
