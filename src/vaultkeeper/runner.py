@@ -172,7 +172,7 @@ def stream(
         except BaseException:
             _kill(proc)
             if reader is not None:
-                reader.join()
+                _join(reader, proc)
             raise
         finally:
             for pipe in (proc.stdin, proc.stdout):
@@ -186,9 +186,12 @@ def stream(
             raise ProgramFailed(
                 f"{Path(argv[0]).name} did not exit in time and was killed"
             ) from None
+        except BaseException:  # Ctrl-C or SIGTERM while waiting: the child goes too
+            _kill(proc)
+            raise
         finally:
             if reader is not None:
-                reader.join()
+                _join(reader, proc)
         if code != 0:
             raise _fail(argv, code, handle.stderr_text(), secrets)
 
@@ -205,6 +208,16 @@ def _read_stderr(
                 kept = True
             if kept:
                 keep.write(line)
+
+
+def _join(reader: threading.Thread, proc: subprocess.Popen[bytes]) -> None:
+    """Wait for the stderr reader; an interrupt meanwhile kills the child, whose exit ends it."""
+    try:
+        reader.join()
+    except BaseException:
+        _kill(proc)
+        reader.join()
+        raise
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

@@ -262,3 +262,57 @@ def test_interrupted_drill_leaves_nothing(drill_env, moment: str, how: str) -> N
     state = Path(drill_env.config()["state_dir"])
     last = json.loads((state / "drill-history.jsonl").read_text().splitlines()[-1])
     assert last["verdict"] == "FAIL" and last["failed_step"] == "interrupted"
+
+
+def _children(pid: int, name: str) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            comm = fields[0].split("(", 1)[1]
+            ppid = int(fields[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and comm == name:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_drill_interrupted_during_pg_restore_stops_it_at_once(drill_env, how: str) -> None:
+    """pg_restore runs in its own session, so neither SIGTERM nor Ctrl-C reaches it on its own:
+    the drill must kill it, not wait for the restore to end (hours on a real database, after
+    which cron's or systemd's SIGKILL would leave the scratch cluster running)."""
+    with psycopg.connect(drill_env.source_dsn, autocommit=True) as conn:
+        # an index whose rebuild takes ~20 s: pg_restore is still running when the signal
+        # comes (built here while its function is fast, then the function is made slow)
+        fn = (
+            "CREATE OR REPLACE FUNCTION slow_key(i int) RETURNS int IMMUTABLE LANGUAGE plpgsql "
+            "AS $$ BEGIN PERFORM pg_sleep(%s); RETURN i; END $$"
+        )
+        conn.execute(fn % "0")
+        conn.execute("CREATE TABLE slow_restore AS SELECT g AS i FROM generate_series(1, 200) g")
+        conn.execute("CREATE INDEX ON slow_restore (slow_key(i))")
+        conn.execute(fn % "0.1")
+    drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")
+    proc = drill_env.subprocess(
+        "drill", "restore", "--target", "staging", stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        _wait_for(lambda: _children(proc.pid, "pg_restore"))
+        time.sleep(0.5)
+        sent = time.monotonic()
+        if how == "sigterm":
+            os.kill(proc.pid, signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, err.decode()
+    assert took < 10, f"the drill waited {took:.1f}s for pg_restore"
+    assert leftovers(drill_env.work) == [], err.decode()
+    assert b"Traceback" not in err and b"Exception in thread" not in err, err.decode()
