@@ -35,9 +35,9 @@ def stack(tmp_path: Path, pg_factory) -> Iterator[Env]:
     shutil.rmtree(env.work, ignore_errors=True)  # type: ignore[attr-defined]
 
 
-def _backup_all(env: Env) -> None:
+def _backup_all(env: Env, ledger_exit: int = 0) -> None:
     env.cli_json("backup", "postgres", "--job", "appdb-nightly")
-    env.cli_json("backup", "ledger", "--job", "ledgers-hourly")
+    env.cli_json("backup", "ledger", "--job", "ledgers-hourly", expect=ledger_exit)
 
 
 def _drill(env: Env, expect: int) -> dict:
@@ -98,13 +98,14 @@ def test_drill_fails_at_ledgers_when_a_chain_was_broken(stack) -> None:
     assert '"id":11' in lines[10]
     lines[10] = lines[10].replace('"id":11', '"id":12')  # the lie: hash no longer matches
     seg.write_text("".join(lines))
-    _backup_all(stack)
+    _backup_all(stack, ledger_exit=12)  # committed as found, and said to be INVALID
     doc = _drill(stack, 14)
     assert doc["failed_step"] == "ledgers"
     assert doc["mismatch_counts"]["ledger_chains"] == 1
     chains = next(s for s in doc["steps"] if s["name"] == "ledgers")["evidence"]["chains"]
     bad = [c for c in chains if c["verdict"] == "INVALID"]
     assert [c["chain"] for c in bad] == ["decisions"]
+    assert bad[0]["findings"][0].startswith(f"hash_mismatch: {seg}:11: "), bad[0]["findings"]
 
 
 def test_drill_fails_at_audit_when_a_superuser_edited_an_audit_row(stack) -> None:

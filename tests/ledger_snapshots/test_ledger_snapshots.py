@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -85,6 +86,9 @@ def test_a_chain_truncated_after_restore_misses_its_anchor(ledger_env) -> None:
     assert chains["orders"]["reached_anchor"] is False
     assert chains["orders"]["verdict"] == "INVALID"
     assert chains["approvals"]["reached_anchor"] is True
+    (finding,) = chains["orders"]["findings"]  # kind: file:line: message, for the auditor
+    kind, where, _ = finding.split(": ", 2)
+    assert kind == "truncation" and re.search(r"/orders\.\d+\.jsonl:\d+$", where), finding
 
 
 def test_backup_records_an_invalid_chain_as_invalid_evidence(ledger_env) -> None:
@@ -92,9 +96,16 @@ def test_backup_records_an_invalid_chain_as_invalid_evidence(ledger_env) -> None
     lines = seg.read_text().splitlines(keepends=True)
     lines[3] = lines[3].replace('"score":', '"score": ').replace("orders-3", "orders-X")
     seg.write_text("".join(lines))
-    result = _backup(ledger_env)
+    # the snapshot keeps the evidence as found, but the backup exits 12 (ledger INVALID)
+    result = ledger_env.cli_json("backup", "ledger", "--job", "ledgers-hourly", expect=12)
     verdicts = {c["chain"]: c["verdict"] for c in result["chains"]}
     assert verdicts == {"orders": "INVALID", "approvals": "AUTHORITATIVE"}
+    listed = ledger_env.cli_json("snapshots", "list")["snapshots"]
+    assert [s["snapshot_id"] for s in listed] == [result["snapshot_id"]]
+    _, _, err = ledger_env.cli("backup", "ledger", "--job", "ledgers-hourly", expect=12)
+    assert "chain(s) are INVALID: /" in err and "/orders" in err
+    _, out, _ = ledger_env.cli("run", "ledgers-hourly", "--json", expect=12)
+    assert json.loads(out)["exit_code"] == 12
 
 
 def test_restic_round_trip_through_s3_preserves_chain_heads(ledger_env, s3_endpoint, lock_bucket):

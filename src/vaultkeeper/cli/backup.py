@@ -41,9 +41,10 @@ def ledger_(ctx: click.Context, job: str, as_json: bool) -> int:
     from vaultkeeper.sources.ledger import backup_ledger
 
     result = backup_ledger(context(ctx), job)
+    invalid = result.invalid()
     if as_json:
-        emit_json(result.to_json())
-        return 0
+        emit_json(result.to_json())  # the verdicts are in it; the exit code says INVALID
+        return 0 if invalid is None else invalid.exit_code
     click.echo(
         f"snapshot {result.snapshot_id} committed (restic {result.restic_snapshot[:8]}), "
         f"{len(result.chains)} chains anchored, {result.seconds:.1f}s"
@@ -51,4 +52,7 @@ def ledger_(ctx: click.Context, job: str, as_json: bool) -> int:
     for c in result.chains:
         head = c["head"]["seq"] if c["head"] else "-"
         click.echo(f"  /{c['directory']}/{c['chain']}: {c['verdict']} head {head}")
+    if invalid is not None:
+        click.echo(f"vaultkeeper: error: {invalid.message}", err=True)
+        return invalid.exit_code
     return 0

@@ -77,10 +77,12 @@ def render(summary: DrillSummary) -> str:
     obj = doc["objectives"]
     rto = "n/a" if doc["rto_seconds"] is None else f"{doc['rto_seconds']:.1f}s"
     rpo = "n/a" if doc["rpo_seconds"] is None else f"{doc['rpo_seconds']:.0f}s"
-    lines.append(
-        f"RTO {rto} (objective {obj.get('rto_seconds')}s)  "
-        f"RPO {rpo} (objective {obj.get('rpo_seconds')}s)"
-    )
+
+    def objective(key: str) -> str:
+        value = obj.get(key)
+        return "objective none set" if value is None else f"objective {value}s"
+
+    lines.append(f"RTO {rto} ({objective('rto_seconds')})  RPO {rpo} ({objective('rpo_seconds')})")
     if doc["mismatch_counts"]:
         lines.append(
             "mismatch counts: "

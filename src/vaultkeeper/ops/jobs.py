@@ -258,7 +258,7 @@ def _backup_ledger(ctx: Context, name: str, job: JobConfig, log: JobLog) -> Done
         r.update(snapshot_id=res.snapshot_id, chains=len(res.chains))
     store, _ = ctx.config.store(job.store)
     error = _post_backup_check(ctx, name, store, res.snapshot_id, log)
-    return Done(result=res.to_json(), error=error)
+    return Done(result=res.to_json(), error=error or res.invalid())
 
 
 def _verify(ctx: Context, name: str, job: JobConfig, log: JobLog) -> Done:

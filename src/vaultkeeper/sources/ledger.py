@@ -27,6 +27,7 @@ from vaultkeeper.context import Context
 from vaultkeeper.errors import (
     ConfigError,
     KeyError_,
+    LedgerInvalid,
     NotFound,
     ProgramFailed,
     SourceError,
@@ -188,6 +189,21 @@ class LedgerBackupResult:
             "seconds": round(self.seconds, 3),
         }
 
+    def invalid(self) -> LedgerInvalid | None:
+        """The error to exit with when a chain was INVALID: the snapshot is committed all the
+        same (it preserves the evidence as found, verdicts in the signed manifest), but a
+        scheduled backup of tampered or broken ledgers must not look like a success."""
+        bad = [f"/{c['directory']}/{c['chain']}" for c in self.chains if c["verdict"] == "INVALID"]
+        if not bad:
+            return None
+        return LedgerInvalid(
+            f"snapshot {self.snapshot_id} committed, but {len(bad)} chain(s) are INVALID: "
+            f"{', '.join(bad)} (findings in the manifest; `vaultkeeper ledger verify` on the "
+            "directories shows them)",
+            snapshot_id=self.snapshot_id,
+            chains=bad,
+        )
+
 
 def backup_ledger(ctx: Context, job_name: str) -> LedgerBackupResult:
     started = time.monotonic()
@@ -328,10 +344,20 @@ def verify_against_anchors(root: Path, recorded: list[dict[str, Any]]) -> list[d
                 if report.head is None
                 else {"seq": report.head.seq, "hash": report.head.hash},
                 "dropped": [d.to_json() for d in report.dropped],
-                "findings": [f"{f.kind}: {f.location}: {f.message}" for f in report.findings][:20],
+                "findings": [
+                    f"{f.kind}: {_original(f.location(), root)}: {f.message}"
+                    for f in report.findings[:20]
+                ],
             }
         )
     return out
+
+
+def _original(location: str, root: Path) -> str:
+    """A restored file's location as the path it was backed up from (restic restores the
+    original absolute paths under ``root``, which a drill removes afterwards)."""
+    prefix = str(root).rstrip("/") + "/"
+    return "/" + location[len(prefix) :] if location.startswith(prefix) else location
 
 
 def key_doc(rec: dict[str, Any]) -> dict[str, Any]:
