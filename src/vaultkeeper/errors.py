@@ -20,7 +20,7 @@ EXIT_CODES: dict[int, str] = {
     6: "key error (key file missing or unreadable, wrong master key, bad signature key)",
     7: "not found (snapshot, archive or chain does not exist)",
     8: "refused: the operation would overwrite or destroy data without --force or a gate",
-    9: "another run of the same job holds the lock",
+    9: "another run of the same job (or a drill of the same target) holds the lock",
     10: "verification failed: one or more findings (see the report)",
     11: "ledger evidence is PARTIAL_AUTHORITATIVE_EVIDENCE (declared loss)",
     12: "ledger evidence is INVALID",

@@ -171,6 +171,8 @@ def test_drill_fails_when_the_rto_objective_is_too_low(drill_env) -> None:
     drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")
     cfg = drill_env.config()
     cfg["targets"]["staging"]["objectives"] = {"rto": "1s", "rpo": "24h"}
+    # a small database restores in under a second on a quick machine: a hook makes sure not
+    cfg["targets"]["staging"]["hooks"] = {"before_restore": [["sleep", "1.2"]]}
     drill_env.write_config(cfg)
     doc = _drill(drill_env, 14)
     assert doc["failed_step"] == "objectives"
@@ -295,9 +297,12 @@ def test_drill_interrupted_during_pg_restore_stops_it_at_once(drill_env, how: st
         conn.execute("CREATE INDEX ON slow_restore (slow_key(i))")
         conn.execute(fn % "0.1")
     drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")
+    summary = drill_env.root / "summary.json"
+    summary.write_text('{"verdict": "PASS", "stale": true}\n')  # an earlier drill's
     proc = drill_env.subprocess(
-        "drill", "restore", "--target", "staging", stderr=subprocess.PIPE, start_new_session=True
-    )
+        "drill", "restore", "--target", "staging", "--json-out", str(summary),
+        stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
     try:
         _wait_for(lambda: _children(proc.pid, "pg_restore"))
         time.sleep(0.5)
@@ -316,3 +321,23 @@ def test_drill_interrupted_during_pg_restore_stops_it_at_once(drill_env, how: st
     assert took < 10, f"the drill waited {took:.1f}s for pg_restore"
     assert leftovers(drill_env.work) == [], err.decode()
     assert b"Traceback" not in err and b"Exception in thread" not in err, err.decode()
+    doc = json.loads(summary.read_text())  # this drill's verdict replaced the stale one
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["verdict"] == "FAIL" and doc["failed_step"] == "interrupted"
+    step = next(s for s in doc["steps"] if s["name"] == "interrupted")
+    assert step["reason"] == "interrupted (Ctrl-C / SIGTERM) during restore_postgres"
+
+
+def test_a_second_drill_of_the_same_target_is_refused_while_one_runs(drill_env) -> None:
+    from vaultkeeper.ops.lock import job_lock
+
+    drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")
+    state = Path(drill_env.config()["state_dir"])
+    with job_lock(state, "drill-target.staging"):  # as a running drill holds it
+        _, out, _ = drill_env.cli("drill", "restore", "--target", "staging", "--json", expect=9)
+    doc = json.loads(out)
+    assert doc["error"] == "job_locked" and "drill-target.staging" in doc["message"]
+    assert not (state / "drill-history.jsonl").exists()  # a refused drill did nothing
+    assert leftovers(drill_env.work) == []
+    doc = _drill(drill_env, 0)  # released: the next one runs
+    assert doc["verdict"] == "PASS"

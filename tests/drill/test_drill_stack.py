@@ -92,6 +92,32 @@ def test_drill_passes_on_the_full_stack_and_the_sink_holds_exactly_the_decisions
     assert _sink_keys(stack) == {str(i) for i in range(1, DECISIONS + 1)}
 
 
+def test_drill_restores_the_snapshot_named_for_its_source_and_the_newest_of_the_others(
+    stack,
+) -> None:
+    older = stack.cli_json("backup", "postgres", "--job", "appdb-nightly")["snapshot_id"]
+    _backup_all(stack)
+    ledger = stack.cli_json("snapshots", "list")["snapshots"][-1]
+    assert ledger["kind"] == "ledger"
+    out = stack.root / "summary.json"
+    stack.cli(
+        "drill", "restore", "--target", "staging", "--snapshot", older, "--json-out", str(out)
+    )
+    doc = json.loads(out.read_text())
+    assert doc["verdict"] == "PASS", doc["reason"]
+    assert doc["snapshots"] == {
+        "postgres": {"appdb": older},
+        "ledger": {"ledgers": ledger["snapshot_id"]},
+    }
+    _, _, err = stack.cli(
+        "drill", "restore", "--target", "staging", "--snapshot", older, "--snapshot",
+        ledger["snapshot_id"], "--snapshot", older, "--json-out", str(out), expect=14,
+    )  # fmt: skip
+    doc = json.loads(out.read_text())
+    assert doc["failed_step"] == "select_snapshot"
+    assert doc["reason"] == f"two snapshots named for source appdb: {older}, {older}"
+
+
 def test_drill_fails_at_ledgers_when_a_chain_was_broken(stack) -> None:
     seg = sorted(stack.ledgers.glob("decisions.*.jsonl"))[0]  # type: ignore[attr-defined]
     lines = seg.read_text().splitlines(keepends=True)

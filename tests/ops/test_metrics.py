@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from vaultkeeper import files
 from vaultkeeper.errors import ConfigError
-from vaultkeeper.ops import metrics
 from vaultkeeper.ops.metrics import JobRun, metrics_path, render_job_metrics, write_job_metrics
 
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
@@ -151,7 +151,7 @@ def test_failed_write_leaves_the_previous_file_intact_and_no_temp_file(
     def full_disk(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(metrics.os, "fsync", full_disk)
+    monkeypatch.setattr(files.os, "fsync", full_disk)
     with pytest.raises(OSError, match="No space"):
         write_job_metrics(tmp_path, run(bytes=2))
     assert path.read_text() == before

@@ -28,8 +28,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -54,6 +52,7 @@ from vaultkeeper.archive.verify import LiveCheck, Verification, verify_archive, 
 from vaultkeeper.config import ArchiveTable, Config, LockPolicy, PostgresSource, StoreConfig
 from vaultkeeper.context import Context
 from vaultkeeper.errors import ConfigError, StoreError, VaultkeeperError, VerifyFailed
+from vaultkeeper.files import write_atomic
 from vaultkeeper.manifest import isoformat
 from vaultkeeper.ops.lock import job_lock
 from vaultkeeper.pipeline import WriteOptions
@@ -1062,13 +1061,7 @@ def _write_safe_flag(config: Config, name: str, table: str, safe: SafeMode | Non
             flags.pop(name, None)
         else:
             flags[name] = {"table": table, **safe.to_json()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".safe-mode.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(flags, fh, sort_keys=True, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(flags, sort_keys=True, indent=1))
     except OSError as exc:
         log.warning("cannot record archive safe mode in %s: %s", path, exc.strerror)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -23,9 +21,11 @@ def drill() -> None:
 @click.option("--target", required=True, help="A drill target from the config (e.g. staging).")
 @click.option(
     "--snapshot",
-    default="latest",
-    show_default=True,
-    help="Snapshot id to restore, or 'latest' (the newest one that verifies).",
+    "snapshots",
+    multiple=True,
+    metavar="ID|latest",
+    help="A snapshot id to restore for the source it belongs to (repeat for several sources). "
+    "Sources without one get their newest snapshot that verifies (also: 'latest', the default).",
 )
 @click.option(
     "--json-out",
@@ -37,22 +37,25 @@ def drill() -> None:
 @json_option
 @click.pass_context
 def restore(
-    ctx: click.Context, target: str, snapshot: str, json_out: Path | None, keep: bool, as_json: bool
+    ctx: click.Context,
+    target: str,
+    snapshots: tuple[str, ...],
+    json_out: Path | None,
+    keep: bool,
+    as_json: bool,
 ) -> int:
     """Run a restore drill against TARGET. Exit 0 only on PASS."""
     quiet = as_json or not sys.stderr.isatty()
     summary = run_drill(
         context(ctx),
         target,
-        snapshot=snapshot,
+        pins=tuple(s for s in snapshots if s != "latest"),
         keep=keep,
+        json_out=json_out,
         log=(lambda _m: None) if quiet else (lambda m: click.echo(f"  {m}", err=True)),
     )
-    doc = summary.to_json()
-    if json_out is not None:
-        _write_atomic(json_out, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     if as_json:
-        emit_json(doc)
+        emit_json(summary.to_json())
     else:
         click.echo(render(summary))
     return 0 if summary.verdict == "PASS" else DrillFailed.exit_code
@@ -93,13 +96,3 @@ def render(summary: DrillSummary) -> str:
         + (f" at {doc['failed_step']}: {doc['reason']}" if doc["failed_step"] else "")
     )
     return "\n".join(lines)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

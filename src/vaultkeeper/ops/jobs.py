@@ -338,8 +338,9 @@ def _drill(ctx: Context, name: str, job: JobConfig, log: JobLog) -> Done:
     with log.step("drill", target=target) as r:
         try:
             summary = drill.run()
-        finally:  # the history records interrupted drills too
-            append_history(ctx.config.state_dir, drill.summary)
+        finally:  # the history records interrupted drills too (not one refused by the lock)
+            if drill.summary.steps:
+                append_history(ctx.config.state_dir, drill.summary)
         r.update(verdict=summary.verdict, rto_seconds=summary.rto_seconds)
     verdict: DrillVerdict = "PASS" if summary.verdict == "PASS" else "FAIL"
     error = None

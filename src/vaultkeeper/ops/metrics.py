@@ -18,9 +18,6 @@ The exposition text is produced by ``prometheus_client`` (names, HELP/TYPE, labe
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +28,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from vaultkeeper.files import write_atomic
 from vaultkeeper.ops.schedule import validate_job_name
 
 LABEL = "job_name"
@@ -63,7 +61,7 @@ def write_job_metrics(directory: Path, run: JobRun) -> Path:
         previous = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         previous = None
-    _atomic_write(path, render_job_metrics(run, previous))
+    write_atomic(path, render_job_metrics(run, previous))
     return path
 
 
@@ -177,24 +175,3 @@ def _carried(previous: str | None, job: str) -> _Carried:
         runs_failure=values.get(("vaultkeeper_job_runs_total", "failure"), 0.0),
         rows_purged=values.get(("vaultkeeper_archive_rows_purged_total", ""), 0.0),
     )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)  # node_exporter runs as another user
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -42,6 +43,7 @@ from vaultkeeper.config import DrillTarget, Probe
 from vaultkeeper.context import Context
 from vaultkeeper.crypto import DataKey
 from vaultkeeper.errors import ConfigError, Interrupted, NotFound, Refused, VaultkeeperError
+from vaultkeeper.files import write_atomic
 from vaultkeeper.interrupt import sigterm_as_interrupt
 from vaultkeeper.manifest import isoformat, parse_time
 from vaultkeeper.pipeline import ArtifactRecord
@@ -206,7 +208,9 @@ class DrillSummary:
 class Drill:
     ctx: Context
     target_name: str
-    snapshot: str = "latest"
+    #: snapshot ids to restore, each for the source it belongs to; other sources (and all,
+    #: when empty) get their newest snapshot that verifies
+    pins: tuple[str, ...] = ()
     keep: bool = False
     log: Callable[[str], None] = lambda _msg: None
 
@@ -231,10 +235,21 @@ class Drill:
         self._fetch_error: VaultkeeperError | None = None
         #: a step's own duration when it is not the time the step occupied (overlapped work)
         self._step_seconds: float | None = None
+        #: the step under way (named by an interruption)
+        self._running: str | None = None
 
     # ------------------------------------------------------------------ orchestration
 
     def run(self) -> DrillSummary:
+        """Run every step. One drill per target at a time (:class:`JobLocked`, exit 9, for the
+        second): two drills of a ``provision: dsn`` target would drop each other's database."""
+        from vaultkeeper.ops.lock import job_lock
+
+        lock = "drill-target." + re.sub(r"[^A-Za-z0-9_.-]", "_", self.target_name)[:48]
+        with job_lock(self.ctx.config.state_dir, lock):
+            return self._run()
+
+    def _run(self) -> DrillSummary:
         steps: list[tuple[str, Callable[[ExitStack], dict[str, Any]]]] = [
             ("select_snapshot", self._select),
             ("provision_postgres", self._provision),
@@ -272,8 +287,11 @@ class Drill:
                     self.summary.rto_seconds = time.monotonic() - self._t0
                 self._objectives()
             except KeyboardInterrupt:
+                during = f" during {self._running}" if self._running else ""
                 self.summary.steps.append(
-                    StepResult("interrupted", "fail", reason="interrupted (Ctrl-C / SIGTERM)")
+                    StepResult(
+                        "interrupted", "fail", reason=f"interrupted (Ctrl-C / SIGTERM){during}"
+                    )
                 )
                 self.summary.rto_seconds = None
                 self._finish()
@@ -289,6 +307,7 @@ class Drill:
         self, name: str, fn: Callable[[ExitStack], dict[str, Any]], stack: ExitStack
     ) -> StepResult:
         self.log(f"{name} ...")
+        self._running = name
         t = time.monotonic()
         self._step_seconds = None
         try:
@@ -414,13 +433,15 @@ class Drill:
             raise StepFailed(f"target {self.target_name} restores nothing (no postgres or ledgers)")
         entries = catalog.entries(store, self.ctx.trusted)
         evidence: dict[str, Any] = {"store": name, "rejected": []}
+        pinned = self._pinned(entries, wanted, name)
         for kind, source in wanted:
             chosen = None
+            pin = pinned.get((kind, source))
             for entry in reversed(entries):
                 body = entry.manifest.body if entry.manifest else {}
                 if (body.get("source") or {}).get("name") != source or body.get("kind") != kind:
                     continue
-                if self.snapshot != "latest" and entry.snapshot_id != self.snapshot:
+                if pin is not None and entry.snapshot_id != pin:
                     continue
                 report = verifier.snapshot(entry.snapshot_id)
                 if report.ok:
@@ -433,9 +454,13 @@ class Drill:
                     }
                 )
             if chosen is None or chosen.manifest is None:
-                which = "newest" if self.snapshot == "latest" else self.snapshot
+                which = "newest" if pin is None else pin
+                rejected = "; ".join(
+                    f"{r['snapshot_id']}: {', '.join(r['findings'])}" for r in evidence["rejected"]
+                )
                 raise StepFailed(
-                    f"no verified {kind} snapshot ({which}) of source {source} in store {name}",
+                    f"no verified {kind} snapshot ({which}) of source {source} in store {name}"
+                    + (f" (rejected {rejected})" if rejected else ""),
                     **evidence,
                 )
             self.manifests[source] = chosen.manifest.body
@@ -448,6 +473,28 @@ class Drill:
         self.summary.rpo_seconds = max(ages)
         evidence["rpo_seconds"] = round(max(ages), 3)
         return evidence
+
+    def _pinned(
+        self, entries: list[Any], wanted: list[tuple[str, str]], store: str
+    ) -> dict[tuple[str, str], str]:
+        """(kind, source) -> the snapshot id named for it with ``--snapshot``."""
+        pinned: dict[tuple[str, str], str] = {}
+        by_id = {e.snapshot_id: e for e in entries}
+        for sid in self.pins:
+            entry = by_id.get(sid)
+            body = entry.manifest.body if entry is not None and entry.manifest else None
+            if body is None:
+                raise StepFailed(f"snapshot {sid} not found in store {store} (or unreadable)")
+            key = (str(body.get("kind")), str((body.get("source") or {}).get("name")))
+            if key not in wanted:
+                raise StepFailed(
+                    f"snapshot {sid} is a {key[0]} snapshot of source {key[1]}, which target "
+                    f"{self.target_name} does not restore"
+                )
+            if key in pinned:
+                raise StepFailed(f"two snapshots named for source {key[1]}: {pinned[key]}, {sid}")
+            pinned[key] = sid
+        return pinned
 
     def _provision(self, stack: ExitStack) -> dict[str, Any]:
         """Wait for the provisioning started at the drill's start; its own time is the step's."""
@@ -867,25 +914,29 @@ def run_drill(
     ctx: Context,
     target: str,
     *,
-    snapshot: str = "latest",
+    pins: tuple[str, ...] = (),
     keep: bool = False,
+    json_out: Path | None = None,
     log: Callable[[str], None] = lambda _m: None,
 ) -> DrillSummary:
-    """Run the drill, then record it in the history and the Prometheus textfile."""
-    drill = Drill(ctx, target, snapshot=snapshot, keep=keep, log=log)
+    """Run the drill, then record it in the history, the Prometheus textfile and ``json_out``
+    (an interrupted drill too: its FAIL summary replaces any earlier one there)."""
+    drill = Drill(ctx, target, pins=pins, keep=keep, log=log)
     try:
         summary = drill.run()
     except Interrupted:
-        _record(ctx, drill.summary)
+        _record(ctx, drill.summary, json_out)
         raise
-    _record(ctx, summary)
+    _record(ctx, summary, json_out)
     return summary
 
 
-def _record(ctx: Context, summary: DrillSummary) -> None:
+def _record(ctx: Context, summary: DrillSummary, json_out: Path | None) -> None:
     state = ctx.config.state_dir
     append_history(state, summary)
     write_metrics(state, summary)
+    if json_out is not None:
+        write_atomic(json_out, json.dumps(summary.to_json(), indent=2, sort_keys=True) + "\n")
 
 
 __all__ = ["Drill", "DrillSummary", "NotFound", "StepResult", "run_drill"]
