@@ -280,14 +280,10 @@ def _children(pid: int, name: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
-def test_drill_interrupted_during_pg_restore_stops_it_at_once(drill_env, how: str) -> None:
-    """pg_restore runs in its own session, so neither SIGTERM nor Ctrl-C reaches it on its own:
-    the drill must kill it, not wait for the restore to end (hours on a real database, after
-    which cron's or systemd's SIGKILL would leave the scratch cluster running)."""
-    with psycopg.connect(drill_env.source_dsn, autocommit=True) as conn:
-        # an index whose rebuild takes ~20 s: pg_restore is still running when the signal
-        # comes (built here while its function is fast, then the function is made slow)
+def _slow_to_restore(dsn: str) -> None:
+    """An index whose rebuild takes ~20 s: pg_restore is still running when a test's signal
+    comes (built here while its function is fast, then the function is made slow)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
         fn = (
             "CREATE OR REPLACE FUNCTION slow_key(i int) RETURNS int IMMUTABLE LANGUAGE plpgsql "
             "AS $$ BEGIN PERFORM pg_sleep(%s); RETURN i; END $$"
@@ -296,6 +292,14 @@ def test_drill_interrupted_during_pg_restore_stops_it_at_once(drill_env, how: st
         conn.execute("CREATE TABLE slow_restore AS SELECT g AS i FROM generate_series(1, 200) g")
         conn.execute("CREATE INDEX ON slow_restore (slow_key(i))")
         conn.execute(fn % "0.1")
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_drill_interrupted_during_pg_restore_stops_it_at_once(drill_env, how: str) -> None:
+    """pg_restore runs in its own session, so neither SIGTERM nor Ctrl-C reaches it on its own:
+    the drill must kill it, not wait for the restore to end (hours on a real database, after
+    which cron's or systemd's SIGKILL would leave the scratch cluster running)."""
+    _slow_to_restore(drill_env.source_dsn)
     drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")
     summary = drill_env.root / "summary.json"
     summary.write_text('{"verdict": "PASS", "stale": true}\n')  # an earlier drill's
@@ -341,3 +345,44 @@ def test_a_second_drill_of_the_same_target_is_refused_while_one_runs(drill_env) 
     assert leftovers(drill_env.work) == []
     doc = _drill(drill_env, 0)  # released: the next one runs
     assert doc["verdict"] == "PASS"
+
+
+def test_the_next_drill_removes_what_a_sigkilled_drill_left(drill_env) -> None:
+    """SIGKILL cannot be handled: the killed drill's scratch server keeps running and its work
+    dir stays. The next drill (of any target with the same workdir) stops and removes them."""
+    _slow_to_restore(drill_env.source_dsn)
+    drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")
+    proc = drill_env.subprocess("drill", "restore", "--target", "staging", start_new_session=True)
+    try:
+        _wait_for(lambda: _children(proc.pid, "pg_restore"))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    (abandoned,) = drill_env.work.glob("vk-drill-*")
+    assert any("postgres" in line for line in leftovers(drill_env.work))  # still serving
+    with psycopg.connect(drill_env.source_dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE slow_restore")  # the next snapshot restores at normal speed
+    drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")
+    out = drill_env.root / "summary.json"
+    drill_env.cli("drill", "restore", "--target", "staging", "--json-out", str(out))
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, SCHEMA)
+    provision = next(s for s in doc["steps"] if s["name"] == "provision_postgres")
+    assert provision["evidence"]["abandoned_drills_removed"] == [str(abandoned)]
+    _wait_for(lambda: leftovers(drill_env.work) == [], timeout=20)  # its pg_restore ends too
+
+
+def test_a_kept_drill_is_not_swept_by_the_next(drill_env) -> None:
+    drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")
+    drill_env.cli("drill", "restore", "--target", "staging", "--keep")
+    (kept,) = drill_env.work.glob("vk-drill-*")
+    out = drill_env.root / "summary.json"
+    drill_env.cli("drill", "restore", "--target", "staging", "--json-out", str(out))
+    provision = next(
+        s for s in json.loads(out.read_text())["steps"] if s["name"] == "provision_postgres"
+    )
+    assert provision["evidence"]["abandoned_drills_removed"] == []
+    assert list(drill_env.work.glob("vk-drill-*")) == [kept]

@@ -21,6 +21,7 @@ the RTO, which stays drill start -> all checks green.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -57,6 +58,8 @@ from vaultkeeper.restore.scratch import RESTORE_SETTINGS, scratch_cluster
 from vaultkeeper.runner import run
 from vaultkeeper.sources import postgres
 from vaultkeeper.verify import Verifier
+
+log = logging.getLogger("vaultkeeper.restore.drill")
 
 SUMMARY_TYPE = "vaultkeeper.drill_summary"
 
@@ -237,6 +240,8 @@ class Drill:
         self._step_seconds: float | None = None
         #: the step under way (named by an interruption)
         self._running: str | None = None
+        #: work dirs of drills killed outright (SIGKILL), removed at this drill's start
+        self._swept: list[str] = []
 
     # ------------------------------------------------------------------ orchestration
 
@@ -265,10 +270,14 @@ class Drill:
         ]
         with sigterm_as_interrupt(), ExitStack() as stack:
             try:
+                self._swept = sweep_abandoned(self.target.workdir)
                 base = Path(tempfile.mkdtemp(prefix="vk-drill-", dir=self.target.workdir))
                 base.chmod(0o711)  # a scratch cluster inside runs as another user
                 self.workdir = base
-                if not self.keep:
+                write_atomic(base / OWNER_FILE, json.dumps(_owner()) + "\n")
+                if self.keep:  # not the next drill's to sweep
+                    stack.callback(write_atomic, base / OWNER_FILE, json.dumps({"kept": True}))
+                else:
                     stack.callback(_rmtree, base)
                 self._start_provisioning(stack)
                 failed = False
@@ -517,6 +526,7 @@ class Drill:
         return {
             "server": admin,
             "databases": {s: t.dsn for s, t in self.databases.items()},
+            "abandoned_drills_removed": self._swept,
             "background": {
                 **_span(job.started_at, job.ready_at),
                 "waited_seconds": round(max(0.0, job.ready_at - waited_from), 3),
@@ -872,6 +882,57 @@ def _rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- abandoned drills
+
+#: in each drill's work dir: who owns it (pid, its start time, host), or {"kept": true}
+OWNER_FILE = "vk-drill-owner.json"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (tells a reused pid apart)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner() -> dict[str, Any]:
+    return {"pid": os.getpid(), "start": _start_time(os.getpid()), "host": socket.gethostname()}
+
+
+def _abandoned(base: Path) -> bool:
+    try:
+        doc = json.loads((base / OWNER_FILE).read_text())
+    except FileNotFoundError:  # killed between mkdtemp and writing the owner
+        try:
+            return time.time() - base.stat().st_mtime > 600
+        except OSError:
+            return False
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict) or doc.get("kept") or doc.get("host") != socket.gethostname():
+        return False
+    return _start_time(int(doc.get("pid", 0))) != doc.get("start")
+
+
+def sweep_abandoned(parent: Path | None) -> list[str]:
+    """Remove the work dirs of drills in ``parent`` whose process is gone (a drill killed with
+    SIGKILL cannot clean up): their scratch servers are stopped first. ``--keep`` dirs and
+    those of running drills (any target) are left alone. Returns the dirs removed."""
+    from vaultkeeper.restore.scratch import stop_orphan
+
+    swept = []
+    for base in Path(parent or tempfile.gettempdir()).glob("vk-drill-*"):
+        if not base.is_dir() or not _abandoned(base):
+            continue
+        for data in base.glob("vk-scratch-*/data"):
+            if stop_orphan(data):
+                log.warning("stopped the scratch server of an abandoned drill in %s", data)
+        _rmtree(base)
+        swept.append(str(base))
+    return swept
 
 
 # ---------------------------------------------------------------------- records

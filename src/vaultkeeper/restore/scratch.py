@@ -27,6 +27,7 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -330,3 +331,28 @@ def _wait_ready(cluster: ScratchCluster, timeout: float = 30) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def stop_orphan(data: Path, timeout: float = 10.0) -> bool:
+    """Stop a server still running on ``data`` after its owner died (SIGKILL, OOM, power cut
+    of the controlling host session): an immediate shutdown (SIGQUIT), SIGKILL after
+    ``timeout``. Only a process whose command line names this very data dir is signalled.
+    Returns whether there was one."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().split("\n", 1)[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return False
+    if str(data).encode() not in cmdline:
+        return False  # the pid was reused by an unrelated process
+    for sig in (signal.SIGQUIT, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not Path(f"/proc/{pid}").exists():
+            break
+    return True
