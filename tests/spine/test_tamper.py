@@ -125,6 +125,33 @@ def test_wrong_master_key_is_key_wrong_and_restore_refuses(env) -> None:
     assert "does not unwrap" in err
 
 
+@pytest.mark.parametrize("damage", ["missing", "garbage", "directory"])
+def test_an_unreadable_master_key_fails_verify_instead_of_skipping_the_data(env, damage) -> None:
+    """Without its key, verify used to check structure only and exit 0: a flipped byte in a
+    part went unnoticed. Only --sample 0 (structure and locks, said in the report) runs keyless."""
+    sid = _backup(env)
+    part = _part_files(env, sid)[0]
+    part.chmod(0o644)
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    part.write_bytes(bytes(data))
+    key = env.root / "master.key.damaged"
+    if damage == "garbage":
+        key.write_text("not a key\n")
+    elif damage == "directory":
+        key.mkdir()
+    cfg = env.config()
+    cfg["keys"]["master"] = [str(key)]
+    env.write_config(cfg)
+    _, out, _ = env.cli("verify", sid, "--json", expect=6)
+    doc = json.loads(out)
+    assert doc["error"] == "key" and str(key) in doc["message"]
+    report = env.cli_json("verify", sid, "--sample", "0")
+    assert report["ok"] is True  # structure and locks are intact: only the data was damaged
+    (snap,) = report["snapshots"]
+    assert snap["sample_percent"] == 0 and snap["parts_read"] == 0
+
+
 def test_missing_lock_record_is_lock_missing(env) -> None:
     sid = _backup(env)
     part = _part_files(env, sid)[0]

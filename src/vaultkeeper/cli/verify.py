@@ -10,7 +10,7 @@ import click
 from vaultkeeper import catalog
 from vaultkeeper.cli.common import context, emit_json, human_bytes, json_option, store_option
 from vaultkeeper.context import Context
-from vaultkeeper.errors import KeyError_, NotFound, UsageError, VerifyFailed
+from vaultkeeper.errors import NotFound, UsageError, VerifyFailed
 from vaultkeeper.ops.verified import ledger_check, record_report
 from vaultkeeper.verify import Verifier, VerifyReport
 
@@ -21,10 +21,11 @@ from vaultkeeper.verify import Verifier, VerifyReport
 @click.option("--all", "all_", is_flag=True, help="Verify every snapshot.")
 @click.option(
     "--sample",
-    type=click.FloatRange(0, 100, min_open=True),
+    type=click.FloatRange(0, 100),
     default=100.0,
     show_default=True,
-    help="Percent of parts to download, decrypt and hash.",
+    help="Percent of parts to download, decrypt and hash; 0 checks structure and locks only "
+    "(the one mode that needs no master key).",
 )
 @store_option
 @json_option
@@ -47,14 +48,9 @@ def verify(
         raise UsageError("give exactly one of SNAPSHOT_ID, --latest or --all")
     c = context(ctx)
     name, cfg, store = c.store(store_name)
-    try:
-        keyring = c.keyring
-    except KeyError_:
-        if not as_json:
-            click.echo(
-                "warning: master key unavailable; checking structure and locks only", err=True
-            )
-        keyring = None
+    # A master key that cannot be read is an error (exit 6), never a quiet downgrade to a
+    # structure-only check that would pass a snapshot whose data nobody read.
+    keyring = None if sample == 0 else c.keyring
     verifier = Verifier(
         store,
         c.trusted,
