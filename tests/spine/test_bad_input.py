@@ -132,6 +132,37 @@ def test_missing_pg_dump_is_named(env) -> None:
     _no_snapshots(env)
 
 
+@pytest.mark.parametrize(
+    ("filter_", "expected"),
+    [
+        ("head -c 30000", "ended inside a data block"),  # cut short, yet it exits 0
+        ("head -c 0", "wrote nothing"),
+    ],
+)
+def test_a_pg_dump_that_exits_0_with_a_broken_archive_commits_nothing(
+    env, filter_: str, expected: str
+) -> None:
+    """The stream scan knows the archive is incomplete: such a dump cannot be restored, so it
+    must never become a listed (and verifying) snapshot."""
+    with psycopg.connect(env.source_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE filler AS SELECT g, repeat(md5(g::text), 8) AS t "
+            "FROM generate_series(1, 2000) g"
+        )
+    fake = env.root / "fake-bin"
+    fake.mkdir()
+    script = fake / "pg_dump"
+    script.write_text(f'#!/bin/bash\n/usr/lib/postgresql/15/bin/pg_dump "$@" | {filter_}\nexit 0\n')
+    script.chmod(0o755)
+    cfg = env.config()
+    cfg["sources"]["appdb"]["bin_dir"] = str(fake)
+    env.write_config(cfg)
+    _, _, err = env.cli("backup", "postgres", "--job", "appdb-nightly", expect=5)
+    assert expected in err and "no snapshot was committed" in err
+    _no_snapshots(env)
+    assert env.cli_json("snapshots", "list")["snapshots"] == []
+
+
 def test_wrong_dsn_names_the_database_and_hides_the_password(env) -> None:
     _, _, err = env.cli(
         "restore",

@@ -24,9 +24,12 @@ The archive layout read here (``pg_backup_archiver.c``): a header (``PGDMP``, ve
 and offset sizes, format, compression, creation time, database name, server and pg_dump
 versions), the table of contents, then the data blocks (``DumpScanner`` in C). Integers are a
 sign byte then ``int_size`` bytes little-endian; strings a length (-1 for NULL) then bytes.
-Archive versions 1.12-1.16 (pg_dump 11-17) are understood; anything else, or any surprise in
-the stream, is not an error of the backup: :attr:`DumpDigests.error` says why, and the caller
-takes the fingerprints from the server instead (the exported snapshot is still open).
+Archive versions 1.12-1.16 (pg_dump 11-17) are understood. An archive this module cannot read
+(:class:`DumpUnsupported`: another version, compressed data, no C extension, a digest that
+failed) is not an error of the backup: the caller takes the fingerprints from the server
+instead (the exported snapshot is still open). A stream that is not a complete archive
+(:class:`DumpFormatError`: cut short, no header, a damaged block) is: pg_dump's output cannot
+be restored, so the backup must fail. :attr:`DumpDigests.error` holds the one or the other.
 """
 
 from __future__ import annotations
@@ -49,7 +52,13 @@ _OFFSET_NOT_SET, _OFFSET_SET = 1, 2
 
 
 class DumpFormatError(ValueError):
-    """The stream is not an archive this module can read (the caller falls back)."""
+    """The stream is not a complete, well-formed custom-format archive: pg_dump's output was
+    cut short or damaged (a backup must not commit it)."""
+
+
+class DumpUnsupported(DumpFormatError):
+    """A well-formed archive this module cannot read (another archive version, compressed
+    data, no C extension): the caller falls back to the server's fingerprints."""
 
 
 class _NeedMore(Exception):
@@ -116,7 +125,7 @@ def parse_toc(data: bytes | bytearray) -> Toc:
     version = (r.byte(), r.byte())
     r.byte()  # revision
     if version not in SUPPORTED_VERSIONS:
-        raise DumpFormatError(f"archive version {version[0]}.{version[1]} is not supported")
+        raise DumpUnsupported(f"archive version {version[0]}.{version[1]} is not supported")
     r.int_size, r.off_size = r.byte(), r.byte()
     if not 1 <= r.int_size <= 8 or not 1 <= r.off_size <= 16:
         raise DumpFormatError(f"implausible integer sizes {r.int_size}/{r.off_size}")
@@ -124,7 +133,7 @@ def parse_toc(data: bytes | bytearray) -> Toc:
         raise DumpFormatError("not the custom format")
     compression = r.byte() if version >= (1, 15) else r.int()  # algorithm, or zlib level
     if compression != 0:
-        raise DumpFormatError("the archive is compressed (vaultkeeper dumps with --compress=0)")
+        raise DumpUnsupported("the archive is compressed (vaultkeeper dumps with --compress=0)")
     for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
         r.int()
     r.str(), r.str(), r.str()  # database name, server version, pg_dump version
@@ -162,7 +171,9 @@ class _Scan:
     _digest = True
 
     def __init__(self) -> None:
-        self.error: str | None = None if copytext.NATIVE else "the C digest is not built"
+        self.error: DumpFormatError | None = (
+            None if copytext.NATIVE else DumpUnsupported("the C digest is not built")
+        )
         self._head = bytearray()
         self._toc: Toc | None = None
         self._scanner: Any = None
@@ -184,14 +195,17 @@ class _Scan:
             self._scanner = copytext.native_dump_scanner(self._toc.int_size, digest=self._digest)
             self._scanner.feed(memoryview(self._head)[self._toc.end :])
             self._head = bytearray()
-        except (DumpFormatError, ValueError, MemoryError) as exc:
-            self.error = str(exc) or exc.__class__.__name__
+        except DumpFormatError as exc:
+            self.error = exc
+            self._head = bytearray()
+        except (ValueError, MemoryError) as exc:  # the C scanner's verdict on a damaged block
+            self.error = DumpFormatError(str(exc) or exc.__class__.__name__)
             self._head = bytearray()
 
     def _complete(self) -> Toc:
         """The table of contents of a stream fed to its end; :class:`DumpFormatError` else."""
         if self.error is not None:
-            raise DumpFormatError(self.error)
+            raise self.error
         if self._scanner is None or self._toc is None:
             raise DumpFormatError("the stream ended before its table of contents")
         if not self._scanner.at_block_boundary():
@@ -273,15 +287,16 @@ def digesting(chunks: Iterable[bytes], digests: DumpDigests, depth: int = 4) -> 
         completed = True
     finally:
         if not completed:
-            digests.error = digests.error or "the stream was abandoned"
+            digests.error = digests.error or DumpFormatError("the stream was abandoned")
         elif side.failure is not None:
-            digests.error = digests.error or f"digest failed: {side.failure}"
+            digests.error = digests.error or DumpUnsupported(f"digest failed: {side.failure}")
 
 
 __all__ = [
     "BlockOffsets",
     "DumpDigests",
     "DumpFormatError",
+    "DumpUnsupported",
     "Toc",
     "TocEntry",
     "digesting",

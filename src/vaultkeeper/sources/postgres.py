@@ -47,7 +47,7 @@ from vaultkeeper.errors import (
 )
 from vaultkeeper.pipeline import ArtifactRecord, Progress, read_artifact, read_chunks
 from vaultkeeper.runner import find_program, run, stream
-from vaultkeeper.sources.dumpscan import DumpDigests, DumpFormatError, digesting
+from vaultkeeper.sources.dumpscan import DumpDigests, DumpFormatError, DumpUnsupported, digesting
 from vaultkeeper.store.base import ObjectStore
 
 log = logging.getLogger("vaultkeeper.sources.postgres")
@@ -344,6 +344,11 @@ def dump(
                 artifact = write(chunks)
         finally:
             worker.join()
+        if artifact.size == 0:
+            raise SourceError(
+                f"{pg_dump} exited 0 but wrote nothing; no snapshot was committed",
+                program="pg_dump",
+            )
         if fp_error:
             cause = fp_error[0]
             raise DatabaseError(f"fingerprinting failed: {_first_line(cause)}") from cause
@@ -388,9 +393,15 @@ def _stream_or_server(
     exported snapshot's transaction. Returns them in ``tables`` order, and those asked."""
     try:
         found = digests.fingerprints()
-    except DumpFormatError as exc:
+    except DumpUnsupported as exc:
         log.warning("fingerprints taken by the server: the dump stream was not readable (%s)", exc)
         found = {}
+    except DumpFormatError as exc:
+        raise SourceError(
+            f"pg_dump's output is not a complete custom-format archive ({exc}); it could not "
+            "be restored, so no snapshot was committed",
+            program="pg_dump",
+        ) from None
     entries, missing = _from_stream(found, tables, mode)
     if missing:
         try:
