@@ -53,3 +53,25 @@ def test_sigkill_mid_backup_leaves_no_snapshot_and_rerun_succeeds(
         text=True,
     )
     assert ps.stdout.strip() == ""
+
+
+def test_sigterm_mid_backup_exits_130_kills_pg_dump_and_commits_nothing(env) -> None:
+    """systemd's stop, timeout(1) or a plain kill: handled like Ctrl-C, with a JSON error."""
+    import json
+    import subprocess
+
+    _grow(env)
+    (env.store_dir / "snapshots").mkdir(exist_ok=True)
+    proc = env.subprocess("backup", "postgres", "--job", "appdb-nightly", "--json",
+                          stdout=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while _parts(env) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert json.loads(out)["error"] == "interrupted"
+    assert env.cli_json("snapshots", "list")["snapshots"] == []
+    dbname = env.source_dsn.split("dbname=")[1]
+    ps = subprocess.run(["pgrep", "-f", f"pg_dump.*{dbname}"], capture_output=True, text=True)
+    assert ps.stdout.strip() == ""  # killed with the backup, not orphaned

@@ -16,6 +16,7 @@ import click
 
 from vaultkeeper import __version__
 from vaultkeeper.errors import Interrupted, VaultkeeperError
+from vaultkeeper.interrupt import sigterm_as_interrupt
 
 #: command name -> (module, attribute); imported only when that command runs (or for --help),
 #: so `vaultkeeper verify` does not pay for the drill's, the archive's or the audit's imports.
@@ -75,7 +76,10 @@ def _wants_json(argv: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = cli.main(args=args, prog_name="vaultkeeper", standalone_mode=False)
+        # SIGTERM (systemd, timeout, kill) unwinds like Ctrl-C in every command: children such
+        # as pg_dump are killed, temp files go, and the exit is 130 with a JSON error if asked
+        with sigterm_as_interrupt():
+            code = cli.main(args=args, prog_name="vaultkeeper", standalone_mode=False)
     except VaultkeeperError as exc:
         _report(exc, args)
         sys.exit(exc.exit_code)
