@@ -138,7 +138,11 @@ class PostgresSource(_Model):
     @field_validator("dsn")
     @classmethod
     def _no_inline_password(cls, v: str) -> str:
-        if re.search(r"(^|\s)password\s*=", v) or re.match(r"^postgres(ql)?://[^/@]*:[^/@]*@", v):
+        if (
+            re.search(r"(^|\s)password\s*=", v)
+            or re.match(r"^postgres(ql)?://[^/@]*:[^/@]*@", v)
+            or re.search(r"^postgres(ql)?://[^?]*\?(.*&)?password=", v)
+        ):
             raise ValueError(
                 "must not contain a password; use 'password: {file: ...}' or {env: ...}"
             )

@@ -55,9 +55,18 @@ def test_invalid_config_value_and_unknown_key_are_both_reported(env) -> None:
     assert "jobs.appdb-nightly.chunk_sise_mib: unknown key (typo?)" in err
 
 
-def test_inline_password_in_dsn_is_refused_and_not_echoed(env) -> None:
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "{dsn} password=hunter2secret",
+        "postgresql://postgres:hunter2secret@127.0.0.1/appdb",
+        "postgresql://postgres@127.0.0.1/appdb?password=hunter2secret",
+        "postgres://127.0.0.1/appdb?sslmode=disable&password=hunter2secret",
+    ],
+)
+def test_inline_password_in_dsn_is_refused_and_not_echoed(env, dsn: str) -> None:
     cfg = env.config()
-    cfg["sources"]["appdb"]["dsn"] = env.source_dsn + " password=hunter2secret"
+    cfg["sources"]["appdb"]["dsn"] = dsn.format(dsn=env.source_dsn)
     env.write_config(cfg)
     _, _, err = env.cli("backup", "postgres", "--job", "appdb-nightly", expect=3)
     assert "sources.appdb.dsn: must not contain a password" in err
