@@ -20,7 +20,7 @@ import pytest
 from psycopg import sql
 
 from vaultkeeper.archive import copytext
-from vaultkeeper.archive.digest import chunk_fingerprint
+from vaultkeeper.archive.digest import chunk_fingerprint, empty_rows_fingerprint
 from vaultkeeper.sources.dumpscan import DumpDigests, DumpFormatError, DumpUnsupported, parse_toc
 from vaultkeeper.sources.postgres import Target, current_fingerprints
 
@@ -77,6 +77,8 @@ def _fill(dsn: str) -> None:
             " FROM generate_series(1, 3000) g"
         )
         conn.execute("CREATE TABLE empty_one (id int)")
+        conn.execute("CREATE TABLE no_columns (); INSERT INTO no_columns DEFAULT VALUES")
+        conn.execute("INSERT INTO no_columns DEFAULT VALUES")
         # rows larger than the job's 1 MiB chunks, so rows straddle stream chunks
         conn.execute("CREATE TABLE wide (id int, blob text)")
         conn.execute(
@@ -132,8 +134,9 @@ def test_stream_fingerprints_equal_the_servers_and_survive_a_restore(weird_env) 
     assert pg["fingerprint_source"] == "pg_dump-stream"
     tables = {t["table"]: (t["rows"], t["digest"]) for t in pg["tables"]}
     assert set(tables) == {
-        "weird", "parent", "child", "measurements_2026", "empty_one", "wide"
+        "weird", "parent", "child", "measurements_2026", "empty_one", "wide", "no_columns"
     }  # fmt: skip
+    assert tables["no_columns"] == (2, empty_rows_fingerprint(2).digest)  # ROW() twice
     assert tables["parent"][0] == 50 and tables["child"][0] == 2  # own rows, not children's
     assert tables["empty_one"] == (0, "md5sum64-v1:0000000000000000")
     assert tables == _server_side(env.source_dsn, pg["tables"])

@@ -43,6 +43,7 @@ from vaultkeeper.archive.digest import (
     DIGEST_ALGORITHM,
     Fingerprint,
     column_names,
+    empty_rows_fingerprint,
     pinned_settings,
 )
 from vaultkeeper.pgcopy import copy_out
@@ -219,6 +220,8 @@ def copy_fingerprint(
             "SELECT set_config('client_encoding', current_setting('server_encoding'), true)"
         )
         cols = list(columns) if columns is not None else column_names(conn, schema, name)
+        if not cols:
+            return _columnless(conn, schema, name, only=only, block_range=block_range)
         # only=False: a SELECT, which also reads child tables and compressed TimescaleDB rows
         template = (
             "COPY {rel} ({cols}) TO STDOUT" if only else "COPY (SELECT {cols} FROM {rel}) TO STDOUT"
@@ -239,6 +242,33 @@ def copy_fingerprint(
             for block in blocks:
                 digest.update(block)
     return digest.finish()
+
+
+def _columnless(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    name: str,
+    *,
+    only: bool,
+    block_range: tuple[int, int | None] | None,
+) -> Fingerprint:
+    """A table without columns (``CREATE TABLE t ()``): COPY cannot name its columns, and
+    every row is ``ROW()``, text ``()``, so the digest is the row count times that one hash,
+    as the server's ``sum`` over ``md5(ROW()::text)`` gives it."""
+    where: sql.Composable = sql.SQL("")
+    if block_range is not None:
+        first, end = block_range
+        only = True
+        where = sql.SQL(" WHERE ctid >= {}::tid").format(sql.Literal(f"({first},0)"))
+        if end is not None:
+            where += sql.SQL(" AND ctid < {}::tid").format(sql.Literal(f"({end},0)"))
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {only}{rel}{where}").format(
+            only=sql.SQL("ONLY " if only else ""), rel=sql.Identifier(schema, name), where=where
+        )
+    ).fetchone()
+    assert row is not None
+    return empty_rows_fingerprint(int(row[0]))
 
 
 def copy_text_fingerprint(blocks: Iterable[bytes | memoryview]) -> Fingerprint:
