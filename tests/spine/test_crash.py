@@ -55,19 +55,25 @@ def test_sigkill_mid_backup_leaves_no_snapshot_and_rerun_succeeds(
     assert ps.stdout.strip() == ""
 
 
-def test_sigterm_mid_backup_exits_130_kills_pg_dump_and_commits_nothing(env) -> None:
-    """systemd's stop, timeout(1) or a plain kill: handled like Ctrl-C, with a JSON error."""
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a shell script hands down
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigint-from-a-background-job"])
+def test_sigterm_mid_backup_exits_130_kills_pg_dump_and_commits_nothing(env, how: str) -> None:
+    """systemd's stop, timeout(1), a plain kill, or Ctrl-C even where the parent shell started
+    vaultkeeper with SIGINT ignored: handled like Ctrl-C, with a JSON error."""
     import json
     import subprocess
 
     _grow(env)
     (env.store_dir / "snapshots").mkdir(exist_ok=True)
     proc = env.subprocess("backup", "postgres", "--job", "appdb-nightly", "--json",
-                          stdout=subprocess.PIPE)  # fmt: skip
+                          stdout=subprocess.PIPE, preexec_fn=_ignore_sigint)  # fmt: skip
     deadline = time.monotonic() + 60
     while _parts(env) < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert json.loads(out)["error"] == "interrupted"
