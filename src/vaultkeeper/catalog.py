@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -26,6 +27,10 @@ class Entry:
     snapshot_id: str
     manifest: SignedManifest | None
     problem: str | None
+    #: the manifest version read (the locked original); None on a store without versions
+    version_id: str | None = None
+    #: the manifest key's latest version is a delete marker (S3): plain listings miss it
+    hidden: bool = False
 
     @property
     def valid(self) -> bool:
@@ -33,16 +38,33 @@ class Entry:
 
 
 def snapshot_ids(store: ObjectStore) -> list[str]:
-    """Ids of snapshots whose manifest exists, oldest first. Parts without one are not snapshots."""
-    ids = []
-    for key in store.list("snapshots/"):
-        sid = snapshot_id_from_manifest_key(key)
-        if sid is not None:
-            ids.append(sid)
-    return sorted(ids)
+    """Ids of snapshots whose manifest exists, oldest first. Parts without one are not snapshots.
+
+    A manifest hidden by a delete marker still exists (its locked version holds the data), so
+    its snapshot is listed too: a delete request must not make a snapshot vanish from view.
+    """
+    return sorted(_ids(store.list("snapshots/")) | hidden_ids(store))
 
 
-def load(store: ObjectStore, snapshot_id: str, trusted: dict[str, Ed25519PublicKey]) -> Entry:
+def hidden_ids(store: ObjectStore) -> set[str]:
+    """Ids of snapshots whose manifest's latest version is a delete marker."""
+    return _ids(store.hidden("snapshots/"))
+
+
+def _ids(keys: Iterable[str]) -> set[str]:
+    return {sid for sid in map(snapshot_id_from_manifest_key, keys) if sid is not None}
+
+
+def load(
+    store: ObjectStore,
+    snapshot_id: str,
+    trusted: dict[str, Ed25519PublicKey],
+    hidden: bool = False,
+) -> Entry:
+    """The snapshot's manifest, read from its locked original version.
+
+    ``hidden`` is recorded on the entry (callers that listed the store know it).
+    """
     key = manifest_key(snapshot_id)
     try:
         # The locked original is the truth: a newer version stacked on the key is ignored here
@@ -59,19 +81,21 @@ def load(store: ObjectStore, snapshot_id: str, trusted: dict[str, Ed25519PublicK
     try:
         signed = parse(data, trusted)
     except MalformedManifest as exc:
-        return Entry(snapshot_id, None, f"manifest is malformed: {exc}")
+        return Entry(snapshot_id, None, f"manifest is malformed: {exc}", original, hidden)
     problem = signed.signature_problem
     if problem is None and signed.snapshot_id != snapshot_id:
         problem = (
             f"manifest claims snapshot id {signed.snapshot_id}, but is stored as {snapshot_id}"
         )
-    return Entry(snapshot_id, signed, problem)
+    return Entry(snapshot_id, signed, problem, original, hidden)
 
 
 def entries(store: ObjectStore, trusted: dict[str, Ed25519PublicKey]) -> list[Entry]:
     """Every committed snapshot, oldest first: by the manifest's created_at (microseconds), so
     two snapshots taken within the same second still order by time, then by id."""
-    found = [load(store, sid, trusted) for sid in snapshot_ids(store)]
+    hidden = hidden_ids(store)
+    ids = sorted(_ids(store.list("snapshots/")) | hidden)
+    found = [load(store, sid, trusted, sid in hidden) for sid in ids]
     return sorted(found, key=lambda e: (_created(e), e.snapshot_id))
 
 

@@ -5,7 +5,8 @@ What is checked, per snapshot:
 - the manifest's lock covers the store's current retention policy;
 - every object (manifest and parts) is present at its recorded version, has its recorded size,
   carries a lock at least as strong and long as the manifest's, and has no newer version
-  stacked on top of it (on a versioned bucket anyone with PutObject can stack one);
+  stacked on top of it (on a versioned bucket anyone with PutObject can stack one) and no
+  delete marker hiding it (anyone with DeleteObject can add one);
 - for all parts, or a random sample: stored bytes match their blake3, decrypt and authenticate
   under the snapshot's data key at their own position, decompress, and match the plaintext
   blake3; when every part is read, the whole artifact's blake3 and size too.
@@ -48,6 +49,7 @@ FINDING_KINDS: dict[str, str] = {
     "lock_missing": "an object carries no Object Lock retention",
     "lock_weakened": "an object's lock mode is weaker or its retain-until earlier than recorded",
     "version_stacked": "a newer version was written on top of a locked object",
+    "delete_marker": "a delete marker hides an object from listings; its locked data remains",
     "part_corrupt": "a part's bytes do not match its checksum or fail authentication",
     "part_misplaced": "a part holds the bytes of another part (swapped or copied)",
     "key_wrong": "the configured master keys do not unwrap the snapshot's data key",
@@ -179,7 +181,8 @@ class Verifier:
             return report
         self._check_location(report, body, created)
         self._check_policy(report, lock, created)
-        self._check_object(report, manifest_key(snapshot_id), None, None, lock)
+        self._check_object(report, manifest_key(snapshot_id), entry.version_id, None, lock)
+        self._check_hidden(report)
         for art in artifacts:
             for part in art.parts:
                 report.parts_total += 1
@@ -268,6 +271,16 @@ class Verifier:
                     f"{reference}; restores read the original",
                     key,
                 )
+
+    def _check_hidden(self, report: SnapshotReport) -> None:
+        for key in self.store.hidden(snapshot_prefix(report.snapshot_id)):
+            report.add(
+                "delete_marker",
+                f"{key}: its latest version is a delete marker, so plain listings no longer show "
+                "it; the locked original is intact and restores read it by version. Someone "
+                "holding s3:DeleteObject issued a delete: find out who (CloudTrail / access logs)",
+                key,
+            )
 
     def _check_unexpected(self, report: SnapshotReport, artifacts: list[ArtifactRecord]) -> None:
         expected = {manifest_key(report.snapshot_id)} | {p.key for a in artifacts for p in a.parts}

@@ -42,6 +42,9 @@ class Wrapped:
     def versions(self, key: str) -> builtins.list[ObjectInfo]:
         return self.inner.versions(key)
 
+    def hidden(self, prefix: str = "") -> Iterator[str]:
+        return self.inner.hidden(prefix)
+
     def delete(self, key: str, version_id: str | None = None) -> None:
         self.inner.delete(key, version_id)
 

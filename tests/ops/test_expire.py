@@ -119,6 +119,32 @@ def test_expire_on_an_object_lock_bucket_keeps_locked_and_newest_verified_and_au
     assert env.cli_json("verify", "--all", "--store", "primary")["ok"] is True
 
 
+def test_a_delete_marker_on_a_manifest_does_not_turn_the_snapshot_into_garbage(
+    env: Env, s3_endpoint: str, lock_bucket: str
+):
+    # One plain DELETE on a manifest (allowed under Object Lock: it only adds a delete marker)
+    # must not let expire take the snapshot's parts for the leftovers of a crashed backup.
+    def cfg(doc: dict[str, Any]) -> None:
+        doc["stores"]["primary"] = {
+            **s3_store(s3_endpoint, lock_bucket),
+            "retention": {"keep_last": 2},
+        }
+
+    edit_config(env, cfg)
+    ctx = Context.load(str(env.config_path))
+    older = write_snapshot(ctx, "primary", age=10 * DAY, lock_for=SHORT)
+    write_snapshot(ctx, "primary", age=9 * DAY, lock_for=SHORT)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    s3.delete_object(Bucket=lock_bucket, Key=f"vk/snapshots/{older}/manifest.json")
+    wait_for_locks_to_pass(datetime.now(UTC) + SHORT)
+
+    done = env.cli_json("expire", "--yes", "--no-audit")
+    assert outcomes(done)[older][0] == "keep"
+    assert done["stores"][0]["garbage"] == []
+    listed = s3.list_object_versions(Bucket=lock_bucket, Prefix=f"vk/snapshots/{older}/")
+    assert len(listed.get("Versions", [])) == 3  # manifest + 2 parts, all still there
+
+
 def test_real_run_refuses_without_an_audit_log_unless_told_to_skip_auditing(env: Env):
     ctx = local_setup(env)
     old = write_snapshot(ctx, "primary", age=5 * DAY, lock_for=SHORT)

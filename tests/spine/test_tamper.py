@@ -246,3 +246,33 @@ def test_s3_version_stacked_on_a_locked_part_is_reported_and_restore_uses_the_or
     assert _findings(s3_env, sid) == [("version_stacked", part["key"])]
     target = s3_env.make_db("vkt_restore")
     assert s3_env.cli_json("restore", "postgres", sid, "--into", target)["ok"] is True
+
+
+def test_s3_delete_marker_on_a_manifest_cannot_make_the_snapshot_vanish(s3_env) -> None:
+    sid = _backup(s3_env)
+    key = f"snapshots/{sid}/manifest.json"
+    # Object Lock does not stop a plain DELETE: it adds a delete marker over the locked version,
+    # and every plain listing (aws s3 ls, list_objects_v2) stops showing the snapshot.
+    s3_env.s3.delete_object(Bucket=s3_env.bucket, Key="vk/" + key)
+    assert "Contents" not in s3_env.s3.list_objects_v2(Bucket=s3_env.bucket, Prefix="vk/" + key)
+
+    listed = s3_env.cli_json("snapshots", "list")["snapshots"]
+    assert [(r["snapshot_id"], r["valid"], r["hidden"]) for r in listed] == [(sid, True, True)]
+    _, human, _ = s3_env.cli("snapshots", "list")
+    assert "HIDDEN by a delete marker" in human
+
+    report = s3_env.cli_json("verify", "--all", expect=10)
+    assert [s["snapshot_id"] for s in report["snapshots"]] == [sid]
+    assert [(f["kind"], f["object"]) for f in report["snapshots"][0]["findings"]] == [
+        ("delete_marker", key)
+    ]
+    # the locked original still restores, by version
+    target = s3_env.make_db("vkt_restore_hidden")
+    assert s3_env.cli_json("restore", "postgres", sid, "--into", target)["ok"] is True
+
+
+def test_s3_delete_marker_on_a_part_is_reported_as_such_not_as_missing(s3_env) -> None:
+    sid = _backup(s3_env)
+    part = _s3_parts(s3_env, sid)[0]
+    s3_env.s3.delete_object(Bucket=s3_env.bucket, Key="vk/" + part["key"])
+    assert _findings(s3_env, sid) == [("delete_marker", part["key"])]

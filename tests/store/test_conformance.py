@@ -179,6 +179,13 @@ def test_versions_match_the_exact_key_only(store: ObjectStore) -> None:
     assert [v.key for v in store.versions("a/b")] == ["a/b"]
 
 
+def test_nothing_stored_and_listed_is_reported_hidden(store: ObjectStore) -> None:
+    lock = lock_in(3600)
+    store.put("snap/manifest.json", b"{}", lock)
+    store.put("snap/parts/0", b"0", lock)
+    assert list(store.hidden("snap/")) == []
+
+
 @pytest.mark.parametrize("key", ["", "/abs", "a//b", "a/../../etc/passwd", "./a", "a/", "a\\b"])
 def test_keys_that_could_escape_or_alias_are_refused(store: ObjectStore, key: str) -> None:
     with pytest.raises(ValueError, match="invalid object key"):

@@ -230,6 +230,18 @@ def test_delete_removes_the_version_without_leaving_a_delete_marker(
     assert listing.get("DeleteMarkers", []) == []
 
 
+def test_a_delete_marker_hides_a_key_from_list_but_not_from_hidden(
+    s3_store: S3Store, raw_s3: Any, lock_bucket: str
+) -> None:
+    info = s3_store.put("snap/manifest.json", b"{}", lock_in(3600))
+    s3_store.put("snap/parts/0", b"0", lock_in(3600))
+    raw_s3.delete_object(Bucket=lock_bucket, Key="backups/snap/manifest.json")
+    assert list(s3_store.list("snap/")) == ["snap/parts/0"]
+    assert list(s3_store.hidden("snap/")) == ["snap/manifest.json"]
+    again = s3_store.head("snap/manifest.json", info.version_id)  # still readable by version
+    assert again.is_latest is False and again.lock is not None
+
+
 class _ScriptedS3(http.server.BaseHTTPRequestHandler):
     """Answers requests from a script of (status, code) pairs, then with a lock configuration."""
 

@@ -23,6 +23,7 @@ def _row(entry: catalog.Entry) -> dict[str, Any]:
         "snapshot_id": entry.snapshot_id,
         "valid": entry.valid,
         "problem": entry.problem,
+        "hidden": entry.hidden,
         "kind": body.get("kind"),
         "job": body.get("job"),
         "source": (body.get("source") or {}).get("name"),
@@ -69,7 +70,7 @@ def list_(ctx: click.Context, store_name: str | None, as_json: bool) -> int:
                     human_bytes(r["bytes"]),
                     human_bytes(r["stored_bytes"]),
                     f"{r['lock_mode']} until {r['retain_until']}",
-                    "ok" if r["valid"] else f"INVALID: {r['problem']}",
+                    _manifest_state(r),
                     ",".join(r["verified_copies"]) or "-",
                 ]
                 for r in rows
@@ -78,6 +79,11 @@ def list_(ctx: click.Context, store_name: str | None, as_json: bool) -> int:
         )
     )
     return 0
+
+
+def _manifest_state(row: dict[str, Any]) -> str:
+    state = "ok" if row["valid"] else f"INVALID: {row['problem']}"
+    return f"{state} (HIDDEN by a delete marker; run verify)" if row["hidden"] else state
 
 
 @snapshots.command("latest")

@@ -441,6 +441,8 @@ def _find_garbage(
             continue
         has_manifest = prefixes.get(parts[1], False) or key == manifest_key(parts[1])
         prefixes[parts[1]] = has_manifest
+    for sid in catalog.hidden_ids(store):  # a delete marker over a manifest hides, not deletes
+        prefixes[sid] = True
     found: dict[str, list[ObjectInfo]] = {}
     for sid, has_manifest in sorted(prefixes.items()):
         if has_manifest:
@@ -475,7 +477,7 @@ def _find_garbage(
 def _objects(store: ObjectStore, prefix: str) -> list[ObjectInfo]:
     """Every version of every object under ``prefix``, each with its lock read back."""
     out: list[ObjectInfo] = []
-    for key in store.list(prefix):
+    for key in sorted({*store.list(prefix), *store.hidden(prefix)}):
         out += store.versions(key)
     return out
 

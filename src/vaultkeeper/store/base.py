@@ -96,6 +96,11 @@ class ObjectStore(Protocol):
     def versions(self, key: str) -> builtins.list[ObjectInfo]:
         """Every version of ``key``, newest first (a backend without versions returns one)."""
 
+    def hidden(self, prefix: str = "") -> Iterator[str]:
+        """Yield keys below ``prefix`` that ``list`` does not show although data is still stored:
+        on S3, keys whose latest version is a delete marker over locked versions (anyone with
+        s3:DeleteObject can add one; Object Lock does not stop it). Sorted; none on a disk."""
+
     def delete(self, key: str, version_id: str | None = None) -> None:
         """Delete ``key`` (a version). ObjectLocked while its retention has not expired."""
 

@@ -196,6 +196,10 @@ class LocalStore:
         except ObjectNotFound:
             return []
 
+    def hidden(self, prefix: str = "") -> Iterator[str]:
+        """A directory store has no delete markers: nothing is ever hidden."""
+        return iter(())
+
     def delete(self, key: str, version_id: str | None = None) -> None:
         """Remove ``key`` and its lock record; ObjectLocked while retention holds.
 

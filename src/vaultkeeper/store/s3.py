@@ -200,8 +200,11 @@ class S3Store:
         validate_key(key)
         info = self._head(key, version_id)
         if version_id is not None and info.version_id is not None:
-            latest = self._head(key, None)
-            info = dataclasses.replace(info, is_latest=latest.version_id == info.version_id)
+            try:
+                latest: str | None = self._head(key, None).version_id
+            except ObjectNotFound:  # a delete marker is the latest version
+                latest = None
+            info = dataclasses.replace(info, is_latest=latest == info.version_id)
         return info
 
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -243,6 +246,28 @@ class S3Store:
             raise self._fail(exc, "list the versions of", key) from exc
         # S3 lists the versions of a key newest first; keep that order, latest in front
         return sorted(found, key=lambda i: not i.is_latest)
+
+    def hidden(self, prefix: str = "") -> Iterator[str]:
+        """Keys below ``prefix`` whose latest version is a delete marker over stored data.
+
+        A delete marker removes nothing under Object Lock, but it hides the key from plain
+        listings (and from ``list``), so verify looks for them explicitly.
+        """
+        start = self._key_prefix + prefix
+        marked: set[str] = set()
+        stored: set[str] = set()
+        paginator = self._client.get_paginator("list_object_versions")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=start):
+                for m in page.get("DeleteMarkers", []):
+                    if m.get("IsLatest"):
+                        marked.add(m["Key"])
+                for v in page.get("Versions", []):
+                    stored.add(v["Key"])
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, f"list the versions of keys starting with {prefix!r} in") from exc
+        for full in sorted(marked & stored):
+            yield full[len(self._key_prefix) :]
 
     def delete(self, key: str, version_id: str | None = None) -> None:
         """Permanently delete one version (the latest if none is named); never a delete marker.
