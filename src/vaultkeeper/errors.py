@@ -108,6 +108,12 @@ class ObjectLocked(StoreError):
     code = "object_locked"
 
 
+class LockRecordUnreadable(StoreError):
+    """A directory store's lock record is damaged: the object's retention cannot be proven."""
+
+    code = "lock_record_unreadable"
+
+
 class ObjectNotFound(StoreError):
     """The object does not exist in the store."""
 

@@ -30,7 +30,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from vaultkeeper import catalog
 from vaultkeeper.config import LockPolicy
 from vaultkeeper.crypto import DataKey, Keyring, b3hex
-from vaultkeeper.errors import IntegrityError, NotFound, ObjectNotFound, WrongKey
+from vaultkeeper.errors import (
+    IntegrityError,
+    LockRecordUnreadable,
+    NotFound,
+    ObjectNotFound,
+    WrongKey,
+)
 from vaultkeeper.manifest import manifest_key, parse_time, snapshot_prefix, snapshot_time
 from vaultkeeper.pipeline import ArtifactRecord, PartRecord, _Local, open_part
 from vaultkeeper.store.base import Lock, ObjectStore
@@ -242,6 +248,9 @@ class Verifier:
             info = self.store.head(key, version_id)
         except ObjectNotFound:
             report.add("object_missing", f"{key} is missing from the store", key)
+            return
+        except LockRecordUnreadable as exc:  # a damaged lock proves no retention: same finding
+            report.add("lock_missing", f"{exc.message} (expected {_lock_text(lock)})", key)
             return
         if size is not None and info.size != size:
             report.add(

@@ -178,6 +178,17 @@ def test_a_shortened_lock_record_is_lock_weakened(archived: Archived) -> None:
     assert kinds(archived.verify()) == {"lock_weakened"}
 
 
+def test_a_damaged_lock_record_is_lock_missing_and_the_rest_is_still_checked(
+    archived: Archived,
+) -> None:
+    key = archived.rows[0].manifest_key.replace("manifest.json", "parts/rows/00000000")
+    lock_file = archived.path(".vk-locks/" + key + ".json")
+    lock_file.chmod(0o644)
+    lock_file.write_text("{torn")
+    result = archived.verify()
+    assert [(f.kind, f.object) for f in result.findings] == [("lock_missing", key)]
+
+
 def test_without_the_master_key_the_archive_is_key_wrong(archived: Archived) -> None:
     other = Keyring(generate_master_key(archived.ctx.keyring.current.key_id))
     v = archived.verify(keyring=other)

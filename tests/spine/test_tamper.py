@@ -152,13 +152,26 @@ def test_an_unreadable_master_key_fails_verify_instead_of_skipping_the_data(env,
     assert snap["sample_percent"] == 0 and snap["parts_read"] == 0
 
 
-def test_missing_lock_record_is_lock_missing(env) -> None:
+@pytest.mark.parametrize("damage", ["deleted", "garbage"])
+def test_missing_or_damaged_lock_record_is_lock_missing_for_that_object_only(
+    env, damage: str
+) -> None:
     sid = _backup(env)
     part = _part_files(env, sid)[0]
     lock = env.store_dir / ".vk-locks" / (_rel(env, part) + ".json")
     assert lock.exists()
-    lock.unlink()
-    assert _findings(env, sid) == [("lock_missing", _rel(env, part))]
+    if damage == "deleted":
+        lock.unlink()
+    else:
+        _writable(lock)
+        lock.write_text("{not json")
+    # every other object is still checked: one bad record must not abort the whole verify
+    report = env.cli_json("verify", "--all", expect=10)
+    (snap,) = report["snapshots"]
+    assert [(f["kind"], f["object"]) for f in snap["findings"]] == [
+        ("lock_missing", _rel(env, part))
+    ]
+    assert snap["parts_read"] == snap["parts_total"]
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])

@@ -53,7 +53,7 @@ from vaultkeeper.archive.manifest import (
 )
 from vaultkeeper.config import LockPolicy
 from vaultkeeper.crypto import DataKey, Keyring, Signer
-from vaultkeeper.errors import IntegrityError, ObjectNotFound, WrongKey
+from vaultkeeper.errors import IntegrityError, LockRecordUnreadable, ObjectNotFound, WrongKey
 from vaultkeeper.manifest import isoformat, parse_time, sign
 from vaultkeeper.pipeline import read_artifact
 from vaultkeeper.snapshot import lock_for
@@ -328,6 +328,9 @@ def _check_locks(
             info = store.head(obj_key, version)
         except ObjectNotFound:
             v.add("object_missing", f"{obj_key} is not in the store", obj_key)
+            continue
+        except LockRecordUnreadable as exc:  # a damaged lock proves no retention
+            v.add("lock_missing", exc.message, obj_key)
             continue
         if info.size != size:
             v.add(

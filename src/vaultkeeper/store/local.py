@@ -31,7 +31,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from vaultkeeper.errors import ObjectLocked, ObjectNotFound, StoreError, StoreFull
+from vaultkeeper.errors import (
+    LockRecordUnreadable,
+    ObjectLocked,
+    ObjectNotFound,
+    StoreError,
+    StoreFull,
+)
 from vaultkeeper.store.base import Lock, ObjectInfo, utcnow, validate_key
 
 LOCKS_DIR = ".vk-locks"
@@ -273,7 +279,7 @@ class LocalStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StoreError(
+            raise LockRecordUnreadable(
                 f"lock record of {key} at {self._lock_path(key)} is unreadable: {exc}", key=key
             ) from exc
 
