@@ -17,6 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vaultkeeper.crypto import Signer, signer_key_id, verify_signature
+from vaultkeeper.errors import UsageError
 
 FORMAT_VERSION = 1
 MANIFEST_TYPE = "vaultkeeper.snapshot_manifest"
@@ -50,11 +51,30 @@ def parse_time(text: str) -> datetime:
 
 
 def snapshot_prefix(snapshot_id: str) -> str:
-    return f"snapshots/{snapshot_id}/"
+    return f"snapshots/{_segment(snapshot_id)}/"
 
 
 def manifest_key(snapshot_id: str) -> str:
-    return f"snapshots/{snapshot_id}/manifest.json"
+    return f"snapshots/{_segment(snapshot_id)}/manifest.json"
+
+
+def _segment(snapshot_id: str) -> str:
+    """``snapshot_id`` if it names one directory below snapshots/, else UsageError.
+
+    Ids vaultkeeper writes match SNAPSHOT_ID; any other single name is let through, so verify
+    can still report a manifest someone copied to an odd place.
+    """
+    if (
+        not snapshot_id
+        or "/" in snapshot_id
+        or snapshot_id in (".", "..")
+        or any(ord(c) < 32 or c == "\\" for c in snapshot_id)
+    ):
+        raise UsageError(
+            f"{snapshot_id!r} is not a snapshot id (they look like {new_snapshot_id()}; "
+            "`vaultkeeper snapshots list` shows them)"
+        )
+    return snapshot_id
 
 
 def part_key(snapshot_id: str, artifact: str, index: int) -> str:

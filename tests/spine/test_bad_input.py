@@ -256,3 +256,24 @@ def test_disk_full_on_file_store_is_store_full_and_commits_nothing(env, tiny_fs:
     assert "space" in err.lower() and str(tiny_fs) in err
     assert list(tiny_fs.glob("snapshots/*/manifest.json")) == []
     assert env.cli_json("snapshots", "list")["snapshots"] == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["verify", "../../etc"],
+        ["verify", "a/b"],
+        ["restore", "postgres", "../x", "--into", "dbname=nowhere"],
+    ],
+)
+def test_a_snapshot_id_that_is_a_path_is_a_usage_error(env, argv: list[str]) -> None:
+    code, out, err = env.cli(*argv, "--json", expect=2)
+    doc = json.loads(out)
+    assert doc["error"] == "usage" and "is not a snapshot id" in doc["message"]
+    assert "Traceback" not in err
+
+
+def test_verify_of_an_id_with_nothing_stored_is_not_found_not_damage(env) -> None:
+    env.cli_json("backup", "postgres", "--job", "appdb-nightly")
+    doc = env.cli_json("verify", "20990101T000000Z-deadbeef", expect=7)
+    assert doc["error"] == "not_found" and "nothing is stored" in doc["message"]

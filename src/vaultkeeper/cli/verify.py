@@ -11,6 +11,7 @@ from vaultkeeper import catalog
 from vaultkeeper.cli.common import context, emit_json, human_bytes, json_option, store_option
 from vaultkeeper.context import Context
 from vaultkeeper.errors import NotFound, UsageError, VerifyFailed
+from vaultkeeper.manifest import snapshot_prefix
 from vaultkeeper.ops.verified import ledger_check, record_report
 from vaultkeeper.verify import Verifier, VerifyReport
 
@@ -65,6 +66,14 @@ def verify(
             raise VerifyFailed(f"no snapshots in {name} ({store.url})")
         ids = ids[-1:]
     elif snapshot_id is not None:
+        if snapshot_id not in ids and next(store.list(snapshot_prefix(snapshot_id)), None) is None:
+            # nothing at all under that id: a typo, not damage (a lost manifest with its parts
+            # still stored is damage, and verify reports it as object_missing)
+            raise NotFound(
+                f"snapshot {snapshot_id} not found in {store.url}: nothing is stored under "
+                f"{snapshot_prefix(snapshot_id)}",
+                snapshot_id=snapshot_id,
+            )
         ids = [snapshot_id]
     started = time.monotonic()
     report = VerifyReport(name, [verifier.snapshot(sid) for sid in ids])
