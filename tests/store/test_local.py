@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from vaultkeeper.errors import ObjectLocked, ObjectNotFound, StoreError, StoreFull
 from vaultkeeper.store import LocalStore, open_store
-from vaultkeeper.store.local import LOCKS_DIR, TMP_DIR
+from vaultkeeper.store.local import LOCKS_DIR, TMP_DIR, TMP_STALE_SECONDS
 
 from .conftest import lock_in, wait_until_expired
 
@@ -53,6 +54,18 @@ def test_lock_records_and_temp_files_are_not_listed(root: Path) -> None:
     (root / TMP_DIR / "leftover-from-a-crash.tmp").write_bytes(b"partial")
     assert list(store.list()) == ["a/b"]
     assert list(store.list(".vk-")) == []
+
+
+def test_temp_files_left_by_a_killed_writer_are_swept_once_stale(root: Path) -> None:
+    LocalStore(root).put("a", b"1", lock_in(3600))
+    stale = root / TMP_DIR / "killed-mid-write.tmp"
+    fresh = root / TMP_DIR / "being-written-now.tmp"
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    old = time.time() - TMP_STALE_SECONDS - 60
+    os.utime(stale, (old, old))
+    LocalStore(root).put("b", b"2", lock_in(3600))  # the next writer's check sweeps
+    assert sorted(p.name for p in (root / TMP_DIR).iterdir()) == ["being-written-now.tmp"]
 
 
 def test_version_id_other_than_none_is_not_found(root: Path) -> None:

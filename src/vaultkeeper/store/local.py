@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,8 @@ from vaultkeeper.store.base import Lock, ObjectInfo, utcnow, validate_key
 LOCKS_DIR = ".vk-locks"
 TMP_DIR = ".vk-tmp"
 _RESERVED = (LOCKS_DIR, TMP_DIR)
+#: a temp file this old was left by a writer that died (kill -9, power loss)
+TMP_STALE_SECONDS = 3600
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _NO_LINK_ERRNOS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
 
@@ -96,7 +99,21 @@ class LocalStore:
                 probe.unlink(missing_ok=True)
         except OSError as exc:
             raise self._os_error(exc, self.root, "write to the store") from exc
+        self._sweep_tmp()
         self._ready = True
+
+    def _sweep_tmp(self) -> None:
+        """Remove temp files a killed writer left in .vk-tmp (never visible as objects).
+
+        Only files untouched for TMP_STALE_SECONDS go: a live writer fsyncs and renames its
+        temp file within seconds, even on a slow removable drive or from another host.
+        """
+        cutoff = time.time() - TMP_STALE_SECONDS
+        with contextlib.suppress(OSError), os.scandir(self.root / TMP_DIR) as found:
+            for entry in found:
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
 
     def put(self, key: str, data: bytes, lock: Lock) -> ObjectInfo:
         """Store ``data`` under ``key`` with ``lock`` (rounded up to whole seconds).
