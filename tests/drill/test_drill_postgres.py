@@ -154,7 +154,7 @@ def test_drill_fails_when_a_probe_fails(drill_env) -> None:
             "name": "accounts-wrong",
             "type": "sql",
             "source": "appdb",
-            "query": "SELECT count(*) FROM pgbench_accounts",
+            "query": "SELECT count(*) FROM events",
             "expect": "5",
         },
         {"name": "env", "type": "command", "argv": ["sh", "-c", 'test -n "$VK_DRILL_DSN_APPDB"']},
@@ -373,6 +373,24 @@ def test_the_next_drill_removes_what_a_sigkilled_drill_left(drill_env) -> None:
     provision = next(s for s in doc["steps"] if s["name"] == "provision_postgres")
     assert provision["evidence"]["abandoned_drills_removed"] == [str(abandoned)]
     _wait_for(lambda: leftovers(drill_env.work) == [], timeout=20)  # its pg_restore ends too
+
+
+def test_a_kept_drill_says_where_and_its_cluster_starts_with_the_restored_data(drill_env) -> None:
+    drill_env.cli_json("backup", "postgres", "--job", "appdb-nightly")
+    _, human, _ = drill_env.cli("drill", "restore", "--target", "staging", "--keep")
+    (kept,) = drill_env.work.glob("vk-drill-*")
+    assert f"kept for inspection: {kept}" in human
+    start = human.split("the scratch cluster is stopped; start it: ", 1)[1].splitlines()[0]
+    command, dsn = start.split("  # then: psql ")
+    subprocess.run(command, shell=True, check=True, capture_output=True, timeout=60)
+    data_dir = command.split(" -D ", 1)[1].split()[0]
+    try:
+        with psycopg.connect(dsn.strip("'").replace("dbname=postgres", "dbname=drill_appdb")) as c:
+            assert c.execute("SELECT count(*) FROM events").fetchone()[0] > 0
+    finally:
+        subprocess.run(command.split(" -l ")[0] + " stop -m fast", shell=True, timeout=60)
+    shutil.rmtree(kept)
+    assert data_dir.startswith(str(kept))
 
 
 def test_a_kept_drill_is_not_swept_by_the_next(drill_env) -> None:

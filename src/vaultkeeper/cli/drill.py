@@ -91,6 +91,11 @@ def render(summary: DrillSummary) -> str:
             "mismatch counts: "
             + ", ".join(f"{k}={v}" for k, v in sorted(doc["mismatch_counts"].items()))
         )
+    kept = doc.get("kept")
+    if kept:
+        lines.append(f"kept for inspection: {kept['workdir']} (remove it when done)")
+        if "postgres_start" in kept:
+            lines.append(f"  the scratch cluster is stopped; start it: {kept['postgres_start']}")
     lines.append(
         f"VERDICT: {doc['verdict']}"
         + (f" at {doc['failed_step']}: {doc['reason']}" if doc["failed_step"] else "")

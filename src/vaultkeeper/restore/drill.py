@@ -172,6 +172,8 @@ class DrillSummary:
     objectives: dict[str, Any] = field(default_factory=dict)
     finished_at: datetime | None = None
     elapsed_seconds: float = 0.0
+    #: with --keep: where the drill's files stayed, and how to start its stopped cluster
+    kept: dict[str, str] | None = None
 
     @property
     def verdict(self) -> str:
@@ -204,6 +206,7 @@ class DrillSummary:
             "rto_seconds": None if self.rto_seconds is None else round(self.rto_seconds, 3),
             "rpo_seconds": None if self.rpo_seconds is None else round(self.rpo_seconds, 3),
             "objectives": self.objectives,
+            **({"kept": self.kept} if self.kept is not None else {}),
         }
 
 
@@ -277,6 +280,7 @@ class Drill:
                 write_atomic(base / OWNER_FILE, json.dumps(_owner()) + "\n")
                 if self.keep:  # not the next drill's to sweep
                     stack.callback(write_atomic, base / OWNER_FILE, json.dumps({"kept": True}))
+                    self.summary.kept = {"workdir": str(base)}
                 else:
                     stack.callback(_rmtree, base)
                 self._start_provisioning(stack)
@@ -375,6 +379,8 @@ class Drill:
             )
             if cancelled():
                 raise _Cancelled
+            if self.summary.kept is not None:
+                self.summary.kept["postgres_start"] = cluster.start_command()
             dsns = cluster.take_databases(names)
             return (
                 {s: postgres.Target.parse(dsns[n]) for s, n in zip(pg.sources, names, strict=True)},

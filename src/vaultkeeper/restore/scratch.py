@@ -59,6 +59,14 @@ class ScratchCluster:
     #: the cached initdb the data dir was copied from, when it was
     template: Path | None = None
 
+    def start_command(self) -> str:
+        """The shell command that starts this cluster again after it was stopped (--keep)."""
+        pg_ctl = (
+            f"{self.bin_dir / 'pg_ctl'} -D {self.data_dir} -l {self.data_dir.parent}/server.log"
+        )
+        as_user = f"runuser -u {self.user} -- " if os.geteuid() == 0 else ""
+        return f"{as_user}{pg_ctl} start  # then: psql '{self.dsn()}'"
+
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host=127.0.0.1 port={self.port} user={self.user} dbname={dbname}"
 
