@@ -116,6 +116,7 @@ def test_drill_fails_at_fingerprints_when_the_dump_data_was_tampered(drill_env) 
     assert doc["mismatch_counts"]["fingerprints"] == 1
     step = next(s for s in doc["steps"] if s["name"] == "fingerprints")
     assert step["evidence"]["appdb"]["mismatches"][0]["table"] == "public.events"
+    assert doc["reason"].endswith(": public.events digest differs (20000 rows)"), doc["reason"]
 
 
 def test_a_table_read_back_while_pg_restore_runs_is_still_checked(drill_env) -> None:
@@ -154,7 +155,7 @@ def test_drill_fails_when_a_probe_fails(drill_env) -> None:
             "name": "accounts-wrong",
             "type": "sql",
             "source": "appdb",
-            "query": "SELECT count(*) FROM events",
+            "query": "SELECT count(*) FROM pgbench_accounts",
             "expect": "5",
         },
         {"name": "env", "type": "command", "argv": ["sh", "-c", 'test -n "$VK_DRILL_DSN_APPDB"']},

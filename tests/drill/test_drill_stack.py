@@ -132,6 +132,8 @@ def test_drill_fails_at_ledgers_when_a_chain_was_broken(stack) -> None:
     bad = [c for c in chains if c["verdict"] == "INVALID"]
     assert [c["chain"] for c in bad] == ["decisions"]
     assert bad[0]["findings"][0].startswith(f"hash_mismatch: {seg}:11: "), bad[0]["findings"]
+    # the reason alone tells the on-call which chain and where
+    assert "decisions INVALID" in doc["reason"] and f"{seg}:11" in doc["reason"], doc["reason"]
 
 
 def test_drill_fails_at_audit_when_a_superuser_edited_an_audit_row(stack) -> None:

@@ -665,9 +665,20 @@ class Drill:
         self._count("fingerprints", total)
         self._count("schema_migrations", migrations_bad)
         if total or migrations_bad:
+            named = [
+                f"{m['table']} {_mismatch_text(m)}"
+                for e in evidence.values()
+                for m in e["mismatches"]
+            ]
+            heads = [
+                f"{src} schema_migrations head {e['schema_migrations']['actual']} != "
+                f"{e['schema_migrations']['expected']}"
+                for src, e in evidence.items()
+                if e["schema_migrations"]["actual"] != e["schema_migrations"]["expected"]
+            ]
             raise StepFailed(
                 f"{total} table fingerprint mismatch(es), {migrations_bad} schema_migrations "
-                "head mismatch(es)",
+                "head mismatch(es): " + _first(named + heads),
                 **evidence,
             )
         return evidence
@@ -711,8 +722,16 @@ class Drill:
         self._count("ledger_chains", bad)
         self.env["VK_DRILL_LEDGER_DIR"] = str(into)
         if bad:
+            named = [
+                f"{c['directory']}/{c['chain']} {c['verdict']}"
+                + ("" if c["reached_anchor"] else ", anchor not reached")
+                + (f" ({c['findings'][0]})" if c.get("findings") else "")
+                for c in doc["chains"]
+                if not c["reached_anchor"] or c["verdict"] == "INVALID"
+            ]
             raise StepFailed(
-                f"{bad} ledger chain(s) INVALID or short of their anchored head", **doc
+                f"{bad} ledger chain(s) INVALID or short of their anchored head: " + _first(named),
+                **doc,
             )
         return doc
 
@@ -891,6 +910,22 @@ def _rmtree(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- abandoned drills
+
+
+def _mismatch_text(m: dict[str, Any]) -> str:
+    if m["problem"] != "differs":
+        return m["problem"]
+    exp, act = m["expected"], m["actual"]
+    if exp["rows"] != act["rows"]:
+        return f"has {act['rows']} rows, snapshot {exp['rows']}"
+    return f"digest differs ({act['rows']} rows)"
+
+
+def _first(items: list[str], limit: int = 3) -> str:
+    """The first ``limit`` items for a reason line; the evidence holds the rest."""
+    more = f"; and {len(items) - limit} more (see evidence)" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
+
 
 #: in each drill's work dir: who owns it (pid, its start time, host), or {"kept": true}
 OWNER_FILE = "vk-drill-owner.json"
