@@ -909,12 +909,9 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------- abandoned drills
-
-
 def _mismatch_text(m: dict[str, Any]) -> str:
     if m["problem"] != "differs":
-        return m["problem"]
+        return str(m["problem"])
     exp, act = m["expected"], m["actual"]
     if exp["rows"] != act["rows"]:
         return f"has {act['rows']} rows, snapshot {exp['rows']}"
@@ -925,6 +922,9 @@ def _first(items: list[str], limit: int = 3) -> str:
     """The first ``limit`` items for a reason line; the evidence holds the rest."""
     more = f"; and {len(items) - limit} more (see evidence)" if len(items) > limit else ""
     return "; ".join(items[:limit]) + more
+
+
+# ---------------------------------------------------------------------- abandoned drills
 
 
 #: in each drill's work dir: who owns it (pid, its start time, host), or {"kept": true}
