@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -82,6 +83,18 @@ def test_jsonl_unreadable_line_inside_the_file_is_an_error(tmp_path: Path) -> No
     path.write_text('{"op":"upsert","key":"a","payload":1}\nnot json\n{"op":"delete","key":"a"}\n')
     with pytest.raises(SinkError, match="line 2 is not an outbox record"):
         JsonlSink(path, fsync=False)
+
+
+def test_jsonl_path_that_cannot_be_opened_names_the_culprit(tmp_path: Path) -> None:
+    (tmp_path / "sinks").write_text("a file where a directory should be")
+    with pytest.raises(SinkError, match=r"sinks is a file, not a directory"):
+        JsonlSink(tmp_path / "sinks" / "s.jsonl", fsync=False)
+    (tmp_path / "ro").mkdir(mode=0o555)
+    if os.geteuid() != 0:  # root writes anywhere
+        with pytest.raises(SinkError, match=r"cannot open .*ro/s.jsonl: Permission denied"):
+            JsonlSink(tmp_path / "ro" / "s.jsonl", fsync=False)
+    with pytest.raises(SinkError, match=r"cannot open .*: Is a directory"):
+        JsonlSink(tmp_path / "ro", fsync=False)
 
 
 def test_jsonl_second_writer_on_the_same_file_is_refused(tmp_path: Path) -> None:

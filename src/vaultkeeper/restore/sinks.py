@@ -386,8 +386,12 @@ class JsonlSink:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(path, "a+b")  # noqa: SIM115 - held until close()
+        except FileExistsError as exc:  # a parent "directory" is a file
+            raise SinkError(
+                f"{self.name}: cannot open: {exc.filename} is a file, not a directory"
+            ) from None
         except OSError as exc:
-            raise SinkError(f"{self.name}: cannot open: {exc.strerror}") from None
+            raise SinkError(f"{self.name}: cannot open {exc.filename}: {exc.strerror}") from None
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
