@@ -21,6 +21,7 @@ from vaultkeeper.archive.catalog import ArchiveRow, Status
 from vaultkeeper.archive.export import DIGEST_SOURCE
 from vaultkeeper.archive.manifest import load_signed, parse_manifest_key
 from vaultkeeper.archive.purge import store_gate
+from vaultkeeper.archive.rehydrate import candidates
 from vaultkeeper.archive.verify import FINDING_KINDS, Verification, verify_archive
 from vaultkeeper.config import LockPolicy
 from vaultkeeper.context import Context
@@ -296,14 +297,15 @@ def test_the_purge_gate_refuses_a_manifest_whose_verification_record_is_missing(
 # --- S3 with Object Lock (moto's server over HTTP) ---------------------------------------------
 
 
-def test_lifecycle_on_s3_object_lock_locks_every_object_and_catches_a_stacked_manifest(
+def _archived_on_s3(
     pg_conn: psycopg.Connection[Any],
     pg_schema: str,
     archive_pg_dsn: str,
     tmp_path: Path,
     s3_endpoint: str,
     lock_bucket: str,
-) -> None:
+) -> tuple[Any, str, list[Any], Any]:
+    """(env, table, latest catalog rows, boto3 client) after an archive run onto moto."""
     table = f"{pg_schema}.agent_events"
     create_native(pg_conn, table, recent_events(step_minutes=120))
     env = make_env(tmp_path, source_dsn=archive_pg_dsn, table=table, purge_enabled=False)
@@ -319,8 +321,45 @@ def test_lifecycle_on_s3_object_lock_locks_every_object_and_catches_a_stacked_ma
     assert report["exit_code"] == 0
     rows = catalog.archives(pg_conn, table, latest_only=True)
     assert rows and all(r.manifest_version for r in rows)
+    return env, table, rows, boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
 
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+def test_a_delete_marker_on_an_archive_is_reported_and_rehydrate_still_finds_the_chunk(
+    pg_conn: psycopg.Connection[Any],
+    pg_schema: str,
+    archive_pg_dsn: str,
+    tmp_path: Path,
+    s3_endpoint: str,
+    lock_bucket: str,
+) -> None:
+    env, table, rows, s3 = _archived_on_s3(
+        pg_conn, pg_schema, archive_pg_dsn, tmp_path, s3_endpoint, lock_bucket
+    )
+    ctx = env.context()
+    _, _, store = ctx.store()
+    before = [(c.chunk, c.manifest_key, c.skipped) for c in candidates(store, table, ctx.trusted)]
+    victim = rows[0]
+    s3.delete_object(Bucket=lock_bucket, Key=f"vk/{victim.manifest_key}")  # allowed under a lock
+    # rehydrate still sees every chunk: the marker hides the manifest, it deletes nothing
+    after = [(c.chunk, c.manifest_key, c.skipped) for c in candidates(store, table, ctx.trusted)]
+    assert after == before and all(key is not None for _, key, _ in after)
+    verified = env.cli_json("archive", "verify", expect=10)
+    bad = [r for r in verified["tables"][0]["results"] if r["result"] == "failed"]
+    assert [r["archive_id"] for r in bad] == [victim.archive_id]
+    assert "delete_marker" in bad[0]["message"]
+
+
+def test_lifecycle_on_s3_object_lock_locks_every_object_and_catches_a_stacked_manifest(
+    pg_conn: psycopg.Connection[Any],
+    pg_schema: str,
+    archive_pg_dsn: str,
+    tmp_path: Path,
+    s3_endpoint: str,
+    lock_bucket: str,
+) -> None:
+    env, table, rows, s3 = _archived_on_s3(
+        pg_conn, pg_schema, archive_pg_dsn, tmp_path, s3_endpoint, lock_bucket
+    )
     keys = [
         o["Key"] for o in s3.list_objects_v2(Bucket=lock_bucket, Prefix="vk/archives/")["Contents"]
     ]

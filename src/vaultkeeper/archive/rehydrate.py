@@ -46,7 +46,7 @@ from vaultkeeper.archive.verify import latest_verification
 from vaultkeeper.crypto import DataKey, Keyring
 from vaultkeeper.errors import IntegrityError, NotFound, Refused
 from vaultkeeper.pipeline import read_artifact
-from vaultkeeper.store.base import ObjectStore
+from vaultkeeper.store.base import ObjectStore, stored_keys
 
 RESTORE_TYPE = "vaultkeeper.archive.restore"
 
@@ -117,7 +117,7 @@ def candidates(
 ) -> list[Candidate]:
     """Per chunk of ``table`` in the store, the newest archive verified clean (see module)."""
     by_chunk: dict[str, list[str]] = defaultdict(list)
-    for key in store.list(table_prefix(table)):
+    for key in stored_keys(store, table_prefix(table)):
         parsed = parse_manifest_key(key)
         if parsed is not None and parsed.table == table:
             by_chunk[parsed.chunk].append(key)

@@ -57,7 +57,7 @@ from vaultkeeper.errors import IntegrityError, LockRecordUnreadable, ObjectNotFo
 from vaultkeeper.manifest import isoformat, parse_time, sign
 from vaultkeeper.pipeline import read_artifact
 from vaultkeeper.snapshot import lock_for
-from vaultkeeper.store.base import Lock, ObjectStore
+from vaultkeeper.store.base import Lock, ObjectStore, stored_keys
 
 Severity = Literal["error", "stale", "warning"]
 
@@ -69,6 +69,7 @@ FINDING_KINDS: dict[str, str] = {
     "signature_invalid": "the manifest is not signed by a trusted key, or its signature is wrong",
     "manifest_misplaced": "the manifest names another table, chunk or archive than its location",
     "version_stacked": "a newer version was written on top of a locked object",
+    "delete_marker": "a delete marker hides an object from listings; its locked data remains",
     "lock_policy_not_covered": "the archive's lock is weaker or shorter than the lock policy",
     "object_missing": "an object listed in the manifest is not in the store",
     "object_size_mismatch": "an object's size differs from the manifest",
@@ -347,6 +348,13 @@ def _check_locks(
             )
         if obj_key != loaded.key and version is not None and len(store.versions(obj_key)) > 1:
             v.add("version_stacked", f"a newer version is stacked on {obj_key}", obj_key)
+    for hidden in store.hidden(loaded.key[: -len("manifest.json")]):
+        v.add(
+            "delete_marker",
+            f"{hidden}: its latest version is a delete marker (someone issued a delete); the "
+            "locked original is intact and is read by version",
+            hidden,
+        )
 
 
 def _read_back(
@@ -464,7 +472,7 @@ def latest_verification(
     """The newest verification record of an archive whose signature checks, and a problem text
     when the newest record exists but cannot be trusted (the gate then refuses)."""
     prefix = manifest_key[: -len("manifest.json")] + "verifications/"
-    keys = sorted(store.list(prefix))
+    keys = stored_keys(store, prefix)  # a hidden newest record must not let an older one speak
     if not keys:
         return None, None
     key = keys[-1]

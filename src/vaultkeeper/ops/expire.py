@@ -47,7 +47,7 @@ from vaultkeeper.ops.lock import job_lock
 from vaultkeeper.ops.logging import JobLog
 from vaultkeeper.ops.retention import Decision, RetentionPlan, RetentionPolicy, SnapshotRef, plan
 from vaultkeeper.ops.verified import History, read_history, record_deleted
-from vaultkeeper.store.base import ObjectInfo, ObjectStore, utcnow
+from vaultkeeper.store.base import ObjectInfo, ObjectStore, stored_keys, utcnow
 
 REPORT_TYPE = "vaultkeeper.expire_plan"
 DEFAULT_GARBAGE_GRACE = timedelta(hours=24)
@@ -477,7 +477,7 @@ def _find_garbage(
 def _objects(store: ObjectStore, prefix: str) -> list[ObjectInfo]:
     """Every version of every object under ``prefix``, each with its lock read back."""
     out: list[ObjectInfo] = []
-    for key in sorted({*store.list(prefix), *store.hidden(prefix)}):
+    for key in stored_keys(store, prefix):
         out += store.versions(key)
     return out
 

@@ -105,6 +105,13 @@ class ObjectStore(Protocol):
         """Delete ``key`` (a version). ObjectLocked while its retention has not expired."""
 
 
+def stored_keys(store: ObjectStore, prefix: str) -> builtins.list[str]:
+    """Every key below ``prefix`` that holds data, sorted: listed ones and those a delete marker
+    hides. What reads a store to decide (restore sources, gates, garbage) must use this, or one
+    DELETE request (allowed under Object Lock) could make it skip data that is still there."""
+    return sorted({*store.list(prefix), *store.hidden(prefix)})
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
