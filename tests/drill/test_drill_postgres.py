@@ -333,6 +333,16 @@ def test_drill_interrupted_during_pg_restore_stops_it_at_once(drill_env, how: st
     assert step["reason"] == "interrupted (Ctrl-C / SIGTERM) during restore_postgres"
 
 
+def test_a_snapshot_id_that_is_a_path_is_refused_before_the_drill_starts(drill_env) -> None:
+    _, out, err = drill_env.cli(
+        "drill", "restore", "--target", "staging", "--snapshot", "../x", "--json", expect=2
+    )
+    doc = json.loads(out)
+    assert doc["error"] == "usage" and "'../x' is not a snapshot id" in doc["message"]
+    state = Path(drill_env.config()["state_dir"])
+    assert not (state / "drill-history.jsonl").exists() and leftovers(drill_env.work) == []
+
+
 def test_a_second_drill_of_the_same_target_is_refused_while_one_runs(drill_env) -> None:
     from vaultkeeper.ops.lock import job_lock
 

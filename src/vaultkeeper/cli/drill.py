@@ -9,6 +9,7 @@ import click
 
 from vaultkeeper.cli.common import context, emit_json, json_option, table
 from vaultkeeper.errors import DrillFailed
+from vaultkeeper.manifest import manifest_key
 from vaultkeeper.restore.drill import DrillSummary, run_drill
 
 
@@ -45,11 +46,14 @@ def restore(
     as_json: bool,
 ) -> int:
     """Run a restore drill against TARGET. Exit 0 only on PASS."""
+    pins = tuple(s for s in snapshots if s != "latest")
+    for sid in pins:
+        manifest_key(sid)  # a path is not a snapshot id: a usage error before anything runs
     quiet = as_json or not sys.stderr.isatty()
     summary = run_drill(
         context(ctx),
         target,
-        pins=tuple(s for s in snapshots if s != "latest"),
+        pins=pins,
         keep=keep,
         json_out=json_out,
         log=(lambda _m: None) if quiet else (lambda m: click.echo(f"  {m}", err=True)),
