@@ -160,12 +160,19 @@ def test_locked_restic_repository_is_reported_by_verify(ledger_env) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     locks = ledger_env.store_dir / "restic" / "locks"
-    while not any(locks.iterdir()) and time.monotonic() < deadline:
+
+    def written() -> bool:  # restic creates the lock file first and fills it after
+        return any(f.stat().st_size > 0 for f in locks.iterdir())
+
+    while not written() and time.monotonic() < deadline:
         time.sleep(0.02)
+    time.sleep(0.3)  # the lock is complete on disk (restic then reads 200 MiB for seconds)
+    assert proc.poll() is None, "restic ended before it could be killed holding its lock"
     proc.send_signal(signal.SIGKILL)  # leaves its lock behind
     proc.wait()
+    assert written()
     report = ledger_env.cli_json("verify", sid, expect=10)
     finding = report["snapshots"][0]["findings"][0]
     assert finding["kind"] == "ledger_check_failed"
