@@ -45,6 +45,7 @@ Run: ``.venv/bin/python -m bench.archive [--quick] [--target-mib 64] [--rounds 3
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import shutil
 import statistics
@@ -271,7 +272,9 @@ class Bench:
         return float(seconds)
 
 
-DEFAULT_LEVEL = ArchiveTable.model_fields["compression_level"].default
+DEFAULT_LEVEL = next(
+    f.default for f in dataclasses.fields(ArchiveTable) if f.name == "compression_level"
+)
 
 
 def _blocks(copy: psycopg.Copy, size: int = 8 << 20) -> Any:

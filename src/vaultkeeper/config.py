@@ -12,43 +12,25 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vaultkeeper.errors import ConfigError
+from vaultkeeper.model import Model, ValidationError, dotted, field
 
 DEFAULT_CONFIG = Path("/etc/vaultkeeper/continuity.yml")
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_duration(text: str | int) -> timedelta:
-    """'90s', '15m', '24h', '7d', '2w' (or plain seconds) -> timedelta."""
-    if isinstance(text, int):
-        return timedelta(seconds=text)
-    m = _DURATION.match(text)
-    if not m:
-        raise ValueError(f"{text!r} is not a duration like 15m, 24h, 7d")
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SecretRef(_Model):
+class SecretRef(Model):
     """A secret kept elsewhere: exactly one of ``file`` or ``env``."""
 
     file: Path | None = None
     env: str | None = None
 
-    @model_validator(mode="after")
-    def _one(self) -> SecretRef:
+    def _check(self) -> None:
         if (self.file is None) == (self.env is None):
             raise ValueError("give exactly one of 'file' or 'env'")
-        return self
 
     def read(self, what: str) -> str:
         if self.env is not None:
@@ -65,65 +47,70 @@ class SecretRef(_Model):
             raise ConfigError(f"{what}: cannot read {self.file}: {exc.strerror}") from None
 
 
-class LockPolicy(_Model):
+class LockPolicy(Model):
     mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"
-    retain_days: int = Field(ge=1, le=36500)
+    retain_days: int = field(ge=1, le=36500)
 
 
-class RetentionConfig(_Model):
+class RetentionConfig(Model):
     """GFS retention of a store's snapshots, applied to each source on its own by ``expire``.
 
     Counts: 0 = rule off, -1 = unlimited. With no rule set, expire keeps every snapshot.
     """
 
-    keep_last: int = Field(default=0, ge=-1)
-    keep_hourly: int = Field(default=0, ge=-1)
-    keep_daily: int = Field(default=0, ge=-1)
-    keep_weekly: int = Field(default=0, ge=-1)
-    keep_monthly: int = Field(default=0, ge=-1)
-    keep_yearly: int = Field(default=0, ge=-1)
+    keep_last: int = field(default=0, ge=-1)
+    keep_hourly: int = field(default=0, ge=-1)
+    keep_daily: int = field(default=0, ge=-1)
+    keep_weekly: int = field(default=0, ge=-1)
+    keep_monthly: int = field(default=0, ge=-1)
+    keep_yearly: int = field(default=0, ge=-1)
     #: keep everything created within this long of the source's newest snapshot (e.g. 7d)
     keep_within: timedelta | None = None
 
-    @field_validator("keep_within", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> Any:
-        return v if v is None or isinstance(v, timedelta) else parse_duration(v)
+
+def _store_url(v: str) -> str:
+    if not (v.startswith("s3://") or v.startswith("file://")):
+        raise ValueError("must start with s3:// or file://")
+    if "@" in v.split("/")[2]:
+        raise ValueError("must not carry credentials; use access_key_id/secret_access_key")
+    return v
 
 
-class StoreConfig(_Model):
-    url: str
+def no_inline_password(v: str) -> str:
+    """A DSN check: the password is given by reference, never in the DSN itself."""
+    if (
+        re.search(r"(^|\s)password\s*=", v)
+        or re.match(r"^postgres(ql)?://[^/@]*:[^/@]*@", v)
+        or re.search(r"^postgres(ql)?://[^?]*\?(.*&)?password=", v)
+    ):
+        raise ValueError("must not contain a password; use 'password: {file: ...}' or {env: ...}")
+    return v
+
+
+class StoreConfig(Model):
+    url: str = field(check=_store_url)
     lock: LockPolicy
     endpoint_url: str | None = None
     region: str | None = None
     access_key_id: SecretRef | None = None
     secret_access_key: SecretRef | None = None
-    multipart_threshold_mib: int = Field(default=64, ge=5)
+    multipart_threshold_mib: int = field(default=64, ge=5)
     #: what `vaultkeeper expire` keeps on this store (default: everything)
     retention: RetentionConfig | None = None
 
-    @field_validator("url")
-    @classmethod
-    def _scheme(cls, v: str) -> str:
-        if not (v.startswith("s3://") or v.startswith("file://")):
-            raise ValueError("must start with s3:// or file://")
-        if "@" in v.split("/")[2]:
-            raise ValueError("must not carry credentials; use access_key_id/secret_access_key")
-        return v
 
-
-class KeysConfig(_Model):
+class KeysConfig(Model):
     #: master key files; the first encrypts new snapshots, all decrypt (rotation)
-    master: list[Path] = Field(min_length=1)
+    master: list[Path] = field(min_length=1)
     #: Ed25519 private key (PEM) that signs manifests
     signing: Path
     #: extra public keys whose signatures verify accepts (the signing key's is always trusted)
-    trusted: list[Path] = Field(default_factory=list)
+    trusted: list[Path] = field(default_factory=list)
 
 
-class PostgresSource(_Model):
+class PostgresSource(Model):
     type: Literal["postgres"]
-    dsn: str
+    dsn: str = field(check=no_inline_password)
     password: SecretRef | None = None
     #: directory of pg_dump/pg_restore (default: /usr/lib/postgresql/<major>/bin, then PATH)
     bin_dir: Path | None = None
@@ -133,55 +120,42 @@ class PostgresSource(_Model):
     schema_migrations_table: str = "schema_migrations"
     #: schema of vaultkeeper's audit log; its head (seq, hash) is anchored in each manifest
     audit_schema: str | None = "vaultkeeper_audit"
-    exclude_tables: list[str] = Field(default_factory=list)
-
-    @field_validator("dsn")
-    @classmethod
-    def _no_inline_password(cls, v: str) -> str:
-        if (
-            re.search(r"(^|\s)password\s*=", v)
-            or re.match(r"^postgres(ql)?://[^/@]*:[^/@]*@", v)
-            or re.search(r"^postgres(ql)?://[^?]*\?(.*&)?password=", v)
-        ):
-            raise ValueError(
-                "must not contain a password; use 'password: {file: ...}' or {env: ...}"
-            )
-        return v
+    exclude_tables: list[str] = field(default_factory=list)
 
 
-class LedgerSource(_Model):
+class LedgerSource(Model):
     type: Literal["ledger"]
     #: directories of hash-chained ledgers; every chain is verified before each backup
-    paths: list[Path] = Field(min_length=1)
+    paths: list[Path] = field(min_length=1)
     #: extra state directories snapshotted with them (e.g. memory/)
-    state_dirs: list[Path] = Field(default_factory=list)
+    state_dirs: list[Path] = field(default_factory=list)
     #: password of the restic repository (file or env; never on a command line)
     restic_password: SecretRef
     #: restic repository (default: <store>/restic on the job's store)
     restic_repository: str | None = None
     #: verify: share of restic pack data read by `restic check --read-data-subset`
-    read_data_percent: float = Field(default=10.0, gt=0, le=100)
+    read_data_percent: float = field(default=10.0, gt=0, le=100)
 
 
-Source = Annotated[PostgresSource | LedgerSource, Field(discriminator="type")]
+Source = PostgresSource | LedgerSource
 
 JobKind = Literal[
     "backup-postgres", "backup-ledger", "archive", "verify", "copy", "expire", "drill"
 ]
 
 
-class JobConfig(_Model):
+class JobConfig(Model):
     kind: JobKind
     source: str | None = None
     store: str | None = None
     schedule: str | None = None
     #: pipeline tuning (backup jobs)
-    chunk_size_mib: int = Field(default=8, ge=1, le=256)
-    parallel_uploads: int = Field(default=4, ge=1, le=64)
+    chunk_size_mib: int = field(default=8, ge=1, le=256)
+    parallel_uploads: int = field(default=4, ge=1, le=64)
     #: zstd level; 1 costs about half the CPU of 3 for ~4 % more stored bytes (bench/README.md)
-    compression_level: int = Field(default=1, ge=1, le=19)
+    compression_level: int = field(default=1, ge=1, le=19)
     #: verify jobs: share of parts to decrypt and hash
-    sample_percent: float = Field(default=100.0, gt=0, le=100)
+    sample_percent: float = field(default=100.0, gt=0, le=100)
     #: copy jobs: the store receiving copies of the snapshots on ``store``
     to_store: str | None = None
     #: drill jobs: the drill target to run
@@ -190,23 +164,13 @@ class JobConfig(_Model):
     randomized_delay: timedelta = timedelta(minutes=5)
     timeout: timedelta = timedelta(hours=6)
 
-    @field_validator("randomized_delay", "timeout", mode="before")
-    @classmethod
-    def _durations(cls, v: Any) -> Any:
-        return v if isinstance(v, timedelta) else parse_duration(v)
 
-
-class Objective(_Model):
+class Objective(Model):
     rpo: timedelta | None = None
     rto: timedelta | None = None
 
-    @field_validator("rpo", "rto", mode="before")
-    @classmethod
-    def _durations(cls, v: Any) -> Any:
-        return v if v is None or isinstance(v, timedelta) else parse_duration(v)
 
-
-class DrillPostgres(_Model):
+class DrillPostgres(Model):
     """How a drill gets a PostgreSQL to restore into."""
 
     #: scratch = initdb in a temp dir on a free port, removed afterwards; dsn = a server you run
@@ -218,34 +182,32 @@ class DrillPostgres(_Model):
     #: a configured server's drill databases are dropped and recreated only when this is true
     allow_overwrite: bool = False
     #: PostgreSQL sources to restore (each from its newest verified snapshot)
-    sources: list[str] = Field(min_length=1)
+    sources: list[str] = field(min_length=1)
     #: pg_restore --jobs
-    jobs: int = Field(default=2, ge=1, le=32)
+    jobs: int = field(default=2, ge=1, le=32)
     #: scratch: copy a cached initdb (kept in <state_dir>/cache/initdb, one per server build)
     #: instead of running initdb on every drill; false runs initdb every time
     initdb_cache: bool = True
 
-    @model_validator(mode="after")
-    def _dsn_needed(self) -> DrillPostgres:
+    def _check(self) -> None:
         if self.provision == "dsn" and not self.dsn:
             raise ValueError("provision: dsn needs a dsn")
-        return self
 
 
-class AuditCheck(_Model):
+class AuditCheck(Model):
     #: the restored source whose database holds the audit log
     source: str
-    schema_name: str = Field(default="vaultkeeper_audit", alias="schema")
+    schema_name: str = field(default="vaultkeeper_audit", alias="schema")
 
 
-class LedgerDrill(_Model):
+class LedgerDrill(Model):
     #: the ledger source whose newest verified snapshot is restored
     source: str
     #: where to restore (default: a temp dir removed afterwards)
     restore_to: Path | None = None
 
 
-class Probe(_Model):
+class Probe(Model):
     name: str
     type: Literal["sql", "http", "command"]
     #: sql: run against the restored database of this source
@@ -260,69 +222,62 @@ class Probe(_Model):
     #: command (argv list, no shell)
     argv: list[str] | None = None
     expect_exit: int = 0
-    timeout_seconds: float = Field(default=30, gt=0)
+    timeout_seconds: float = field(default=30, gt=0)
 
-    @model_validator(mode="after")
-    def _fields(self) -> Probe:
+    def _check(self) -> None:
         need = {"sql": ("query", "source"), "http": ("url",), "command": ("argv",)}[self.type]
         missing = [f for f in need if getattr(self, f) in (None, [])]
         if missing:
             raise ValueError(f"a {self.type} probe needs {', '.join(missing)}")
-        return self
 
 
-class Hooks(_Model):
+class Hooks(Model):
     #: commands (argv lists) run before and after the restore steps, with VK_DRILL_* variables
-    before_restore: list[list[str]] = Field(default_factory=list)
-    after_restore: list[list[str]] = Field(default_factory=list)
-    timeout_seconds: float = Field(default=300, gt=0)
+    before_restore: list[list[str]] = field(default_factory=list)
+    after_restore: list[list[str]] = field(default_factory=list)
+    timeout_seconds: float = field(default=300, gt=0)
 
 
-class DrillTarget(_Model):
+class DrillTarget(Model):
     store: str | None = None
     postgres: DrillPostgres | None = None
     audit: AuditCheck | None = None
     ledgers: LedgerDrill | None = None
     #: outbox replay + reconciliation (see docs/outbox.md); ``source`` names the restored database
     outbox: dict[str, Any] | None = None
-    probes: list[Probe] = Field(default_factory=list)
-    hooks: Hooks = Field(default_factory=Hooks)
+    probes: list[Probe] = field(default_factory=list)
+    hooks: Hooks = field(default_factory=Hooks)
     #: objectives for this drill (default: the strictest of its sources' objectives)
     objectives: Objective | None = None
     #: where drill scratch clusters and temp dirs are created (default: the system temp dir)
     workdir: Path | None = None
 
-    def outbox_config(self) -> tuple[str, Any] | None:
+    def outbox_config(self, loc: tuple[str | int, ...] = ()) -> tuple[str, Any] | None:
         """(restored source holding the outbox, its OutboxConfig), or None without an outbox.
 
         The models live with the replayer (vaultkeeper.restore.outbox), imported only here.
-        Raises pydantic's ValidationError for a bad section (the loader reports it).
+        Raises ValidationError for a bad section (the loader reports it).
         """
         if self.outbox is None:
             return None
-        from vaultkeeper.restore.outbox import OutboxConfig
+        from vaultkeeper.restore.outbox_config import OutboxConfig
 
         raw = dict(self.outbox)
         source = raw.pop("source", None)
-        return str(source or ""), OutboxConfig.model_validate(raw)
+        return str(source or ""), OutboxConfig.validate(raw, loc)
 
 
-class AuditLogConfig(_Model):
+class AuditLogConfig(Model):
     """Where vaultkeeper writes its own destructive acts (expire, purge, restore --force)."""
 
-    dsn: str
+    dsn: str = field(check=no_inline_password)
     password: SecretRef | None = None
-    schema_name: str = Field(default="vaultkeeper_audit", alias="schema")
+    schema_name: str = field(default="vaultkeeper_audit", alias="schema")
     #: recorded as the actor of vaultkeeper's own entries
     actor: str = "vaultkeeper"
 
-    @field_validator("dsn")
-    @classmethod
-    def _no_inline_password(cls, v: str) -> str:
-        return PostgresSource._no_inline_password(v)
 
-
-class ArchiveTable(_Model):
+class ArchiveTable(Model):
     """The archive lifecycle of one time-partitioned table (hypertable or range partitions).
 
     Chunks entirely older than ``hot_window`` may be touched; older than ``compress_after``
@@ -343,72 +298,65 @@ class ArchiveTable(_Model):
     store: str | None = None
     #: Object Lock of archive objects (default: the store's lock policy); purge requires it
     lock: LockPolicy | None = None
-    chunk_size_mib: int = Field(default=8, ge=1, le=256)
-    parallel_uploads: int = Field(default=4, ge=1, le=64)
+    chunk_size_mib: int = field(default=8, ge=1, le=256)
+    parallel_uploads: int = field(default=4, ge=1, le=64)
     #: zstd level; 1 by default: ~4x less CPU than 3 on event rows for ~3 % more bytes
-    compression_level: int = Field(default=1, ge=1, le=19)
+    compression_level: int = field(default=1, ge=1, le=19)
 
-    @field_validator("hot_window", "compress_after", "archive_after", mode="before")
-    @classmethod
-    def _durations(cls, v: Any) -> Any:
-        return v if v is None or isinstance(v, timedelta) else parse_duration(v)
-
-    @model_validator(mode="after")
-    def _windows(self) -> ArchiveTable:
+    def _check(self) -> None:
         if self.hot_window > self.archive_after:
             raise ValueError("hot_window must not be longer than archive_after")
         if self.compress_after is not None and not (
             self.hot_window <= self.compress_after <= self.archive_after
         ):
             raise ValueError("compress_after must lie between hot_window and archive_after")
-        return self
 
 
-class Config(_Model):
+class Config(Model):
     version: Literal[1] = 1
     state_dir: Path = Path("/var/lib/vaultkeeper")
-    stores: dict[str, StoreConfig] = Field(min_length=1)
+    stores: dict[str, StoreConfig] = field(min_length=1)
     keys: KeysConfig
-    sources: dict[str, Source] = Field(default_factory=dict)
-    jobs: dict[str, JobConfig] = Field(default_factory=dict)
-    objectives: dict[str, Objective] = Field(default_factory=dict)
-    targets: dict[str, DrillTarget] = Field(default_factory=dict)
+    sources: dict[str, Source] = field(default_factory=dict)
+    jobs: dict[str, JobConfig] = field(default_factory=dict)
+    objectives: dict[str, Objective] = field(default_factory=dict)
+    targets: dict[str, DrillTarget] = field(default_factory=dict)
     audit_log: AuditLogConfig | None = None
     #: archive lifecycle per table (archive plan/run/verify/restore), keyed by a short name
-    archive: dict[str, ArchiveTable] = Field(default_factory=dict)
+    archive: dict[str, ArchiveTable] = field(default_factory=dict)
     #: where this config was loaded from (not part of the file)
-    path: Path = Field(default=Path("<memory>"), exclude=True)
+    path: Path = Path("<memory>")
 
-    @model_validator(mode="after")
-    def _references(self) -> Config:
+    def _check(self) -> None:
+        """Every name a job, target or archive table refers to exists (all problems at once)."""
+        errors: list[tuple[tuple[str | int, ...], str]] = []
+
+        def refer(loc: tuple[str | int, ...], name: str | None, known: Any, what: str) -> None:
+            if name is not None and name not in known:
+                errors.append((loc, f"no {what} named {name!r}"))
+
         for name, job in self.jobs.items():
-            if job.source is not None and job.source not in self.sources:
-                raise ValueError(f"jobs.{name}.source: no source named {job.source!r}")
-            if job.store is not None and job.store not in self.stores:
-                raise ValueError(f"jobs.{name}.store: no store named {job.store!r}")
-            if job.to_store is not None and job.to_store not in self.stores:
-                raise ValueError(f"jobs.{name}.to_store: no store named {job.to_store!r}")
-            if job.target is not None and job.target not in self.targets:
-                raise ValueError(f"jobs.{name}.target: no drill target named {job.target!r}")
+            refer(("jobs", name, "source"), job.source, self.sources, "source")
+            refer(("jobs", name, "store"), job.store, self.stores, "store")
+            refer(("jobs", name, "to_store"), job.to_store, self.stores, "store")
+            refer(("jobs", name, "target"), job.target, self.targets, "drill target")
         for name, target in self.targets.items():
-            if target.store is not None and target.store not in self.stores:
-                raise ValueError(f"targets.{name}.store: no store named {target.store!r}")
+            refer(("targets", name, "store"), target.store, self.stores, "store")
             named = list(target.postgres.sources if target.postgres else [])
             named += [t.source for t in (target.audit, target.ledgers) if t is not None]
             named += [p.source for p in target.probes if p.source]
             for src in named:
-                if src not in self.sources:
-                    raise ValueError(f"targets.{name}: no source named {src!r}")
+                refer(("targets", name), src, self.sources, "source")
             if target.outbox is not None:
-                _check_outbox(name, target)
+                errors += _outbox_errors(name, target)
         for name, table in self.archive.items():
             if not isinstance(self.sources.get(table.source), PostgresSource):
-                raise ValueError(
-                    f"archive.{name}.source: no postgres source named {table.source!r}"
+                errors.append(
+                    (("archive", name, "source"), f"no postgres source named {table.source!r}")
                 )
-            if table.store is not None and table.store not in self.stores:
-                raise ValueError(f"archive.{name}.store: no store named {table.store!r}")
-        return self
+            refer(("archive", name, "store"), table.store, self.stores, "store")
+        if errors:
+            raise ValidationError(errors)
 
     def target(self, name: str) -> DrillTarget:
         try:
@@ -443,19 +391,18 @@ class Config(_Model):
             raise ConfigError(f"{self.path}: no source named {name!r} (sources: {known})") from None
 
 
-def _check_outbox(name: str, target: DrillTarget) -> None:
-    """Validate a drill target's outbox section at load time (its models live with the replayer)."""
+def _outbox_errors(name: str, target: DrillTarget) -> list[tuple[tuple[str | int, ...], str]]:
+    """A drill target's outbox section, validated at load time (its models live with the
+    replayer)."""
+    loc: tuple[str | int, ...] = ("targets", name, "outbox")
     source = (target.outbox or {}).get("source")
     if source is None or target.postgres is None or source not in target.postgres.sources:
-        raise ValueError(f"targets.{name}.outbox.source must name one of postgres.sources")
+        return [((*loc, "source"), "must name one of postgres.sources")]
     try:
-        target.outbox_config()
+        target.outbox_config(loc)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"targets.{name}.outbox.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
-            for e in exc.errors(include_input=False)
-        )
-        raise ValueError(problems) from None
+        return exc.errors
+    return []
 
 
 def _resolve_paths(node: Any, base: Path, key: str = "") -> Any:
@@ -521,26 +468,11 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
     base = path.parent.resolve()
     doc = _resolve_paths(doc, base)
     try:
-        cfg = Config.model_validate({**doc, "path": path})
+        return Config.validate({**doc, "path": str(path)})
     except ValidationError as exc:
         raise ConfigError(format_errors(path, exc), path=str(path)) from None
-    return cfg
 
 
-def format_errors(path: Path, exc: ValidationError, prefix: str = "") -> str:
+def format_errors(path: Path, exc: ValidationError) -> str:
     """One line per problem: file, dotted key, message; never the offending value itself."""
-    lines = []
-    for err in exc.errors(include_input=False):
-        parts = list(err["loc"])
-        if len(parts) > 2 and parts[0] == "sources" and parts[2] in ("postgres", "ledger"):
-            del parts[2]  # the discriminator tag pydantic inserts
-        loc = ".".join(str(x) for x in ([prefix] if prefix else []) + parts)
-        msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (typo?)"
-        if err["type"] == "missing":
-            msg = "required key is missing"
-        lines.append(f"{path}: {loc or '<top>'}: {msg}")
-    return "\n".join(lines)
+    return "\n".join(f"{path}: {dotted(loc)}: {msg}" for loc, msg in exc.errors)

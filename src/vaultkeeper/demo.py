@@ -70,7 +70,7 @@ def build_app_stack(dsn: str, ledger_dir: Path, *, decisions: int = 300, pending
 
     fill_sample_data(dsn)
     audit.install(dsn)
-    outbox = OutboxConfig.model_validate(
+    outbox = OutboxConfig.validate(
         {"decisions": {"table": "public.decisions"}, "sink": {"type": "jsonl", "path": "/dev/null"}}
     )
     with psycopg.connect(dsn, autocommit=True) as conn:

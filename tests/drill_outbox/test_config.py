@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
+from vaultkeeper.model import ValidationError
 from vaultkeeper.restore.outbox import Backoff, OutboxConfig
 from vaultkeeper.restore.sinks import JsonlSinkConfig, PostgresSinkConfig, QdrantSinkConfig
 
@@ -22,7 +23,7 @@ def _with(**changes: Any) -> dict[str, Any]:
 
 
 def test_minimal_config_gets_the_documented_defaults() -> None:
-    cfg = OutboxConfig.model_validate(MINIMAL)
+    cfg = OutboxConfig.validate(MINIMAL)
     assert cfg.table == "public.outbox" and cfg.max_attempts == 5 and cfg.batch_size == 100
     assert cfg.columns.entity_id == "entity_id" and cfg.statuses.dead == "dead"
     assert cfg.decisions.key == "id" and cfg.decisions.payload == "to_jsonb(src)"
@@ -31,19 +32,22 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
 
 
 def test_sink_union_is_chosen_by_type() -> None:
-    cfg = OutboxConfig.model_validate(
+    cfg = OutboxConfig.validate(
         _with(sink={"type": "qdrant", "url": "http://q:6333", "collection": "c", "vector_size": 8})
     )
     assert isinstance(cfg.sink, QdrantSinkConfig)
-    cfg = OutboxConfig.model_validate(_with(sink={"type": "postgres", "table": "idx"}))
+    cfg = OutboxConfig.validate(_with(sink={"type": "postgres", "table": "idx"}))
     assert isinstance(cfg.sink, PostgresSinkConfig) and cfg.sink.dsn == "same"
 
 
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        (_with(colums={}), "Extra inputs are not permitted"),
-        (_with(sink={"type": "kafka"}), "does not match any of the expected tags"),
+        (_with(colums={}), "colums: unknown key (typo?)"),
+        (
+            _with(sink={"type": "kafka"}),
+            "sink.type: should be 'postgres', 'jsonl', 'http' or 'qdrant'",
+        ),
         (_with(table="public.outbox; drop"), "is not a table name"),
         (_with(columns={"id": "id-x"}), "is not a plain SQL identifier"),
         (_with(statuses={"dead": "pending"}), "three different values"),
@@ -71,16 +75,16 @@ def test_sink_union_is_chosen_by_type() -> None:
 )
 def test_invalid_config_is_refused_with_a_reason(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError) as err:
-        OutboxConfig.model_validate(doc)
-    messages = " ".join(e["msg"] for e in err.value.errors(include_input=False))
+        OutboxConfig.validate(doc)
+    messages = " ".join(msg for _, msg in err.value.errors)
     assert message in str(err.value)
     assert "=pw" not in messages  # our messages never echo a secret back
 
 
 def test_config_is_frozen() -> None:
-    cfg = OutboxConfig.model_validate(MINIMAL)
-    with pytest.raises(ValidationError):
-        cfg.max_attempts = 9
+    cfg = OutboxConfig.validate(MINIMAL)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.max_attempts = 9  # type: ignore[misc]
 
 
 def test_backoff_doubles_per_failure_up_to_the_cap() -> None:

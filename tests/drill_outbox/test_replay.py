@@ -207,7 +207,7 @@ def test_replay_result_and_recorded_errors_carry_no_token(
     monkeypatch.setenv("VK_TEST_SINK_TOKEN", "s3cr3t-token-value")
     http_api.always_fail = True
     cfg = outbox_config(
-        HttpSinkConfig.model_validate(
+        HttpSinkConfig.validate(
             {"type": "http", "url": http_api.url, "token": {"env": "VK_TEST_SINK_TOKEN"}}
         ),
         max_attempts=1,

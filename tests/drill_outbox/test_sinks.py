@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -183,7 +184,7 @@ def test_qdrant_refuses_a_collection_whose_vector_size_differs(tmp_path: Path) -
     cfg = QdrantSinkConfig(type="qdrant", path=tmp_path / "q", collection="c", vector_size=3)
     open_sink(cfg).close()
     with pytest.raises(SinkError, match="size 3, config says vector_size 4"):
-        open_sink(cfg.model_copy(update={"vector_size": 4}))
+        open_sink(dataclasses.replace(cfg, vector_size=4))
 
 
 def test_derived_vector_is_deterministic_and_independent_of_key_order() -> None:
@@ -215,7 +216,7 @@ def test_postgres_sink_to_a_separate_database_reads_its_password_from_a_file(
 
     secret = tmp_path / "pw"
     secret.write_text("unused-by-trust-auth\n")
-    cfg = PostgresSinkConfig.model_validate(
+    cfg = PostgresSinkConfig.validate(
         {"type": "postgres", "dsn": pg_dsn, "password": {"file": str(secret)}, "table": "idx"}
     )
     sink = open_sink(cfg)

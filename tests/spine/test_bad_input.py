@@ -51,7 +51,7 @@ def test_invalid_config_value_and_unknown_key_are_both_reported(env) -> None:
     cfg["jobs"]["appdb-nightly"]["chunk_sise_mib"] = 4
     env.write_config(cfg)
     _, _, err = env.cli("snapshots", "list", expect=3)
-    assert "stores.primary.lock.mode: Input should be 'COMPLIANCE' or 'GOVERNANCE'" in err
+    assert "stores.primary.lock.mode: should be 'COMPLIANCE' or 'GOVERNANCE'" in err
     assert "jobs.appdb-nightly.chunk_sise_mib: unknown key (typo?)" in err
 
 

@@ -26,33 +26,32 @@ Guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import pq, sql
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vaultkeeper import dsn as dsn_util
 from vaultkeeper.errors import DatabaseError, JobLocked, Refused
-from vaultkeeper.restore.sinks import (
+from vaultkeeper.restore.outbox_config import (
+    Backoff,
+    DecisionsTable,
     HttpSinkConfig,
-    Ident,
-    Item,
     JsonlSinkConfig,
+    OutboxColumns,
+    OutboxConfig,
+    OutboxStatuses,
     PostgresSinkConfig,
     QdrantSinkConfig,
-    QualifiedName,
-    Sink,
     SinkConfig,
-    SinkError,
-    open_sink,
-    table_sql,
 )
+from vaultkeeper.restore.sinks import Item, Sink, SinkError, open_sink, table_sql
 
 __all__ = [
     "Backoff",
@@ -79,89 +78,6 @@ __all__ = [
 #: at most this many dead letters are listed (with their errors) in ``to_json``
 DEAD_LETTER_LIST_LIMIT = 100
 _ERROR_MAX = 2000
-
-
-# -- config --------------------------------------------------------------------------------
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OutboxColumns(_Model):
-    """Column names of the outbox table (defaults match :func:`create_outbox_table`)."""
-
-    #: orderable, unique, with a default (identity/sequence) so reconciliation can insert
-    id: Ident = "id"
-    #: the entity key; compared as text
-    entity_id: Ident = "entity_id"
-    #: jsonb
-    payload: Ident = "payload"
-    #: text holding one of the status values
-    status: Ident = "status"
-    #: integer, deliveries tried so far
-    attempts: Ident = "attempts"
-    #: text, the last delivery error (NULL once delivered)
-    last_error: Ident = "last_error"
-
-
-class OutboxStatuses(_Model):
-    """The status values the outbox uses."""
-
-    pending: str = "pending"
-    delivered: str = "delivered"
-    dead: str = "dead"
-
-    @model_validator(mode="after")
-    def _distinct(self) -> OutboxStatuses:
-        if len({self.pending, self.delivered, self.dead}) != 3:
-            raise ValueError("pending, delivered and dead must be three different values")
-        return self
-
-
-class Backoff(_Model):
-    """Wait ``base_seconds * 2**(n-1)`` after the n-th failure of an entry, at most ``max``."""
-
-    base_seconds: float = Field(default=0.1, ge=0, le=60)
-    max_seconds: float = Field(default=2.0, ge=0, le=3600)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Backoff:
-        if self.max_seconds < self.base_seconds:
-            raise ValueError("max_seconds must be at least base_seconds")
-        return self
-
-    def delay(self, failures: int) -> float:
-        return float(min(self.max_seconds, self.base_seconds * 2 ** max(0, failures - 1)))
-
-
-class DecisionsTable(_Model):
-    """The "current decisions" table: what the sink must hold, one entity per key.
-
-    ``payload`` and ``where`` are SQL expressions evaluated with the table aliased ``src``
-    (config is trusted like the database it runs against; they are not user input).
-    """
-
-    table: QualifiedName
-    key: Ident = "id"
-    #: SQL expression giving the jsonb payload to enqueue (default: the whole row)
-    payload: str = Field(default="to_jsonb(src)", min_length=1)
-    #: optional SQL condition selecting the current rows, e.g. ``src.superseded_at IS NULL``
-    where: str | None = None
-
-
-class OutboxConfig(_Model):
-    """The outbox, its decisions table and its sink (a drill target embeds this)."""
-
-    table: QualifiedName = "public.outbox"
-    columns: OutboxColumns = OutboxColumns()
-    statuses: OutboxStatuses = OutboxStatuses()
-    max_attempts: int = Field(default=5, ge=1, le=100)
-    backoff: Backoff = Backoff()
-    batch_size: int = Field(default=100, ge=1, le=10000)
-    #: the "current decisions" table reconciliation compares the sink with
-    decisions: DecisionsTable
-    sink: SinkConfig
 
 
 def create_outbox_table(conn: psycopg.Connection[Any], cfg: OutboxConfig) -> None:
@@ -227,7 +143,7 @@ class ReplayResult:
     retried: int = 0
     #: deliveries tried in this run, batches included
     attempts: int = 0
-    dead_letters: list[DeadLetter] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
     pending_after: int = 0
     seconds: float = 0.0
 
@@ -273,7 +189,7 @@ class ReconcileResult:
     repaired_extra: int = 0
     missing_after: int = 0
     extra_after: int = 0
-    samples: dict[str, list[str]] = field(default_factory=dict)
+    samples: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     replay: ReplayResult | None = None
     seconds: float = 0.0
 

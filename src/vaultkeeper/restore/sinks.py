@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,18 +27,24 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vaultkeeper import dsn as dsn_util
-from vaultkeeper.config import SecretRef
 from vaultkeeper.errors import ConfigError, SourceError
 from vaultkeeper.manifest import canonical_json
+from vaultkeeper.restore.outbox_config import (
+    HttpSinkConfig,
+    JsonlSinkConfig,
+    PostgresSinkConfig,
+    QdrantSinkConfig,
+    SinkConfig,
+    check_ident,
+    check_qualified,
+)
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
@@ -94,33 +99,9 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-# -- identifiers ---------------------------------------------------------------------------
-
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
-
-
-def _check_ident(v: str) -> str:
-    if not _IDENT.match(v):
-        raise ValueError(f"{v!r} is not a plain SQL identifier (letters, digits, _; max 63)")
-    return v
-
-
-def _check_qualified(v: str) -> str:
-    parts = v.split(".")
-    if len(parts) > 2 or not all(_IDENT.match(p) for p in parts):
-        raise ValueError(f"{v!r} is not a table name like 'schema.table' or 'table'")
-    return v
-
-
-#: a column name, quoted when used
-Ident = Annotated[str, AfterValidator(_check_ident)]
-#: ``schema.table`` or ``table``, each part quoted when used
-QualifiedName = Annotated[str, AfterValidator(_check_qualified)]
-
-
 def table_sql(name: str) -> sql.Composable:
     """A validated qualified name as a quoted SQL identifier."""
-    return sql.Identifier(*_check_qualified(name).split("."))
+    return sql.Identifier(*check_qualified(name).split("."))
 
 
 def _dedupe_last(items: Sequence[Item]) -> list[Item]:
@@ -133,134 +114,6 @@ def _dedupe_last(items: Sequence[Item]) -> list[Item]:
 
 def _digest(payload: Any) -> str:
     return hashlib.sha256(canonical_json(payload)).hexdigest()
-
-
-# -- configs -------------------------------------------------------------------------------
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PostgresSinkConfig(_Model):
-    """A table keyed by entity key. ``dsn: same`` means the restored database itself."""
-
-    type: Literal["postgres"]
-    #: ``same`` (the restored database) or a DSN without a password
-    dsn: str = "same"
-    password: SecretRef | None = None
-    table: QualifiedName
-    key_column: Ident = "entity_id"
-    payload_column: Ident = "payload"
-    #: create the table (key text primary key, payload jsonb, updated_at) if it is missing
-    create: bool = True
-
-    @field_validator("dsn")
-    @classmethod
-    def _no_inline_password(cls, v: str) -> str:
-        if v == "same":
-            return v
-        try:
-            params = conninfo_to_dict(v)
-        except psycopg.ProgrammingError:
-            raise ValueError("is not a valid PostgreSQL connection string") from None
-        if params.get("password") is not None:
-            raise ValueError(
-                "must not contain a password; use 'password: {file: ...}' or {env: ...}"
-            )
-        return v
-
-    @model_validator(mode="after")
-    def _password_needs_dsn(self) -> PostgresSinkConfig:
-        if self.dsn == "same" and self.password is not None:
-            raise ValueError("password: only with an explicit dsn (dsn 'same' reuses the drill's)")
-        return self
-
-
-class JsonlSinkConfig(_Model):
-    """An append-only JSON Lines file; see :class:`JsonlSink` for the record format."""
-
-    type: Literal["jsonl"]
-    path: Path
-    #: fsync after each delivery (durable acknowledgement); off only for throwaway files
-    fsync: bool = True
-
-
-class HttpSinkConfig(_Model):
-    """An HTTP endpoint that upserts by key; see :class:`HttpSink` for the wire contract."""
-
-    type: Literal["http"]
-    #: collection URL; item mode sends ``METHOD {url}/{quoted key}``
-    url: str
-    #: item: one request per entity; batch: one request per batch of ``{"items": [...]}``
-    mode: Literal["item", "batch"] = "item"
-    #: default: PUT in item mode, POST in batch mode
-    method: Literal["PUT", "POST"] | None = None
-    #: where ``keys()`` GETs the held keys (default: ``url``)
-    keys_url: str | None = None
-    timeout_seconds: float = Field(default=10.0, gt=0, le=600)
-    #: extra non-secret headers
-    headers: dict[str, str] = Field(default_factory=dict)
-    #: sent as ``Authorization: Bearer <token>``
-    token: SecretRef | None = None
-
-    @field_validator("url", "keys_url")
-    @classmethod
-    def _http_url(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        parts = urllib.parse.urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("must not carry credentials; use 'token'")
-        return v
-
-    @field_validator("headers")
-    @classmethod
-    def _no_auth_header(cls, v: dict[str, str]) -> dict[str, str]:
-        if any(k.lower() in ("authorization", "cookie") for k in v):
-            raise ValueError("must not carry credentials; use 'token'")
-        return v
-
-    @property
-    def effective_method(self) -> str:
-        return self.method or ("PUT" if self.mode == "item" else "POST")
-
-
-class QdrantSinkConfig(_Model):
-    """A Qdrant collection, one point per entity key (:func:`point_id`, :func:`derive_vector`)."""
-
-    type: Literal["qdrant"]
-    #: qdrant-client local mode (a directory), or
-    path: Path | None = None
-    #: a Qdrant server
-    url: str | None = None
-    api_key: SecretRef | None = None
-    collection: str = Field(min_length=1, max_length=255)
-    vector_size: int = Field(ge=1, le=65536)
-    distance: Literal["Cosine", "Dot", "Euclid", "Manhattan"] = "Cosine"
-    #: payload field holding the vector; unset = a stable hash-based vector of the payload
-    vector_field: str | None = None
-    #: payload field of each point that holds the entity key
-    key_field: str = "vk_entity_key"
-    #: create the collection if it is missing
-    create: bool = True
-    timeout_seconds: int = Field(default=10, ge=1, le=600)
-
-    @model_validator(mode="after")
-    def _one_location(self) -> QdrantSinkConfig:
-        if (self.path is None) == (self.url is None):
-            raise ValueError("give exactly one of 'path' (local mode) or 'url'")
-        if self.api_key is not None and self.url is None:
-            raise ValueError("api_key: only with 'url'")
-        return self
-
-
-SinkConfig = Annotated[
-    PostgresSinkConfig | JsonlSinkConfig | HttpSinkConfig | QdrantSinkConfig,
-    Field(discriminator="type"),
-]
 
 
 def open_sink(
@@ -317,8 +170,8 @@ class PostgresSink:
     ) -> None:
         self.name = f"postgres:{table}"
         self._table = table_sql(table)
-        self._key = sql.Identifier(_check_ident(key_column))
-        self._payload = sql.Identifier(_check_ident(payload_column))
+        self._key = sql.Identifier(check_ident(key_column))
+        self._payload = sql.Identifier(check_ident(payload_column))
         try:
             self._conn = psycopg.connect(conninfo, password=password, autocommit=True)
         except psycopg.Error as exc:
