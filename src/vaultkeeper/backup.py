@@ -6,15 +6,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vaultkeeper.config import PostgresSource
 from vaultkeeper.context import Context
 from vaultkeeper.errors import ConfigError
-from vaultkeeper.pipeline import ArtifactRecord, WriteOptions
 from vaultkeeper.progress import Progress
-from vaultkeeper.snapshot import SnapshotWriter
 from vaultkeeper.sources import postgres
+
+if TYPE_CHECKING:
+    from vaultkeeper.pipeline import ArtifactRecord
+    from vaultkeeper.snapshot import SnapshotWriter
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,11 @@ def backup_postgres(ctx: Context, job_name: str, show_progress: bool | None = No
 
     def write(chunks: Iterator[bytes]) -> ArtifactRecord:
         # Called once pg_dump runs: the store, keys and pipeline get ready while pg_dump reads
-        # the catalog, instead of before it starts. A failure here kills pg_dump; nothing of
-        # the snapshot has been written yet.
+        # the catalog, instead of before it starts (so do the imports of the pipeline: zstd,
+        # AES-GCM, blake3). A failure here kills pg_dump; nothing of the snapshot is written yet.
+        from vaultkeeper.pipeline import WriteOptions
+        from vaultkeeper.snapshot import SnapshotWriter
+
         store_name, store_cfg, store = ctx.store(job.store)
         store.check()
         writer = SnapshotWriter(

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from vaultkeeper import config as config_mod
 from vaultkeeper.config import Config, StoreConfig
-from vaultkeeper.crypto import Keyring, Signer, load_master_key, load_public_key, load_signer
 from vaultkeeper.errors import KeyError_
-from vaultkeeper.manifest import trusted_keys
-from vaultkeeper.store.base import ObjectStore
+
+if TYPE_CHECKING:  # cryptography, the stores and the manifest load when first needed
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from vaultkeeper.crypto import Keyring, Signer
+    from vaultkeeper.store.base import ObjectStore
 
 
 @dataclass
@@ -37,6 +38,8 @@ class Context:
 
     @cached_property
     def keyring(self) -> Keyring:
+        from vaultkeeper.crypto import Keyring, load_master_key
+
         keys = [load_master_key(p) for p in self.config.keys.master]
         ids = [k.key_id for k in keys]
         if len(set(ids)) != len(ids):
@@ -45,11 +48,16 @@ class Context:
 
     @cached_property
     def signer(self) -> Signer:
+        from vaultkeeper.crypto import load_signer
+
         return load_signer(self.config.keys.signing)
 
     @cached_property
     def trusted(self) -> dict[str, Ed25519PublicKey]:
         """The signing key's public half plus every configured trusted key."""
+        from vaultkeeper.crypto import load_public_key
+        from vaultkeeper.manifest import trusted_keys
+
         keys = [load_public_key(p) for p in self.config.keys.trusted]
         if self.config.keys.signing.exists():
             keys.append(load_public_key(self.config.keys.signing))

@@ -75,9 +75,10 @@ from vaultkeeper.crypto import DataKey, Keyring, Signer, b3hex, new_data_key
 from vaultkeeper.errors import IntegrityError, VaultkeeperError
 from vaultkeeper.manifest import isoformat, new_snapshot_id, sign
 from vaultkeeper.pgcopy import RowCount, copy_out
-from vaultkeeper.pipeline import ArtifactRecord, SideThread, WriteOptions, write_artifact
+from vaultkeeper.pipeline import ArtifactRecord, WriteOptions, write_artifact
 from vaultkeeper.snapshot import lock_for
 from vaultkeeper.store.base import Lock, ObjectStore
+from vaultkeeper.streams import SideThread
 
 log = logging.getLogger("vaultkeeper.archive.export")
 
@@ -131,7 +132,7 @@ def _tapped(blocks: Iterator[bytes], tap: Callable[[bytes], None] | None) -> Ite
 
 class _StreamDigest:
     """A :class:`~vaultkeeper.archive.copytext.CopyDigest` fed on its own thread
-    (:class:`~vaultkeeper.pipeline.SideThread`): :meth:`feed` waits only when the digest is
+    (:class:`~vaultkeeper.streams.SideThread`): :meth:`feed` waits only when the digest is
     ``depth`` blocks behind; :meth:`finish` waits for the last block and returns the
     fingerprint, raising what failed inside the thread; :meth:`close` stops it on an error path.
     """

@@ -40,7 +40,7 @@ from typing import Any, BinaryIO
 
 from vaultkeeper.archive import copytext
 from vaultkeeper.archive.digest import DIGEST_ALGORITHM, Fingerprint
-from vaultkeeper.pipeline import SideThread
+from vaultkeeper.streams import SideThread
 
 #: archive versions (major, minor) whose table of contents this module can read
 SUPPORTED_VERSIONS = ((1, 12), (1, 13), (1, 14), (1, 15), (1, 16))
@@ -277,7 +277,7 @@ class BlockOffsets(_Scan):
 
 
 def digesting(chunks: Iterable[bytes], digests: DumpDigests, depth: int = 4) -> Iterator[bytes]:
-    """Pass ``chunks`` through unchanged while a :class:`~vaultkeeper.pipeline.SideThread`
+    """Pass ``chunks`` through unchanged while a :class:`~vaultkeeper.streams.SideThread`
     feeds them to ``digests`` (hashing with the GIL released, at most ``depth`` chunks waiting).
     A stream abandoned early, or a digest that fails, leaves :attr:`DumpDigests.error` set."""
     side = SideThread(digests.feed, depth=depth, name="vk-dump-digest")

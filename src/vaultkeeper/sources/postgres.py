@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -38,7 +38,6 @@ from vaultkeeper.archive.digest import (
     combine,
     empty_rows_fingerprint,
 )
-from vaultkeeper.crypto import DataKey
 from vaultkeeper.errors import (
     DatabaseError,
     ProgramFailed,
@@ -46,10 +45,14 @@ from vaultkeeper.errors import (
     Refused,
     SourceError,
 )
-from vaultkeeper.pipeline import ArtifactRecord, Progress, read_artifact, read_chunks
 from vaultkeeper.runner import find_program, run, stream
 from vaultkeeper.sources.dumpscan import DumpDigests, DumpFormatError, DumpUnsupported, digesting
-from vaultkeeper.store.base import ObjectStore
+from vaultkeeper.streams import read_chunks
+
+if TYPE_CHECKING:  # the pipeline (zstd, AES-GCM, blake3) loads while pg_dump starts
+    from vaultkeeper.crypto import DataKey
+    from vaultkeeper.pipeline import ArtifactRecord, Progress
+    from vaultkeeper.store.base import ObjectStore
 
 log = logging.getLogger("vaultkeeper.sources.postgres")
 
@@ -552,6 +555,8 @@ def restore(
     parallel ``pg_restore --jobs`` needs the dump in a file first: see
     :func:`vaultkeeper.restore.postgres.fetch_dump` and ``pg_restore_file``.)
     """
+    from vaultkeeper.pipeline import read_artifact
+
     major = prepare_target(target, force=force, timescaledb_version=timescaledb_version)
     try:
         argv = pg_restore_argv(target, major, force=force, no_owner=no_owner)
