@@ -187,12 +187,21 @@ class Verifier:
             return report
         self._check_location(report, body, created)
         self._check_policy(report, lock, created)
-        self._check_object(report, manifest_key(snapshot_id), entry.version_id, None, lock)
+        # every version of every object of the snapshot from one listing, then one HEAD per
+        # object, in parallel (round trips on S3); findings in part order
+        versions = self.store.version_ids(snapshot_prefix(snapshot_id))
+        report.findings += self._object_findings(
+            manifest_key(snapshot_id), entry.version_id, None, lock, versions
+        )
         self._check_hidden(report)
-        for art in artifacts:
-            for part in art.parts:
-                report.parts_total += 1
-                self._check_object(report, part.key, part.version_id, part.size, lock)
+        parts = [part for art in artifacts for part in art.parts]
+        report.parts_total += len(parts)
+        for found in _ordered(
+            lambda p: self._object_findings(p.key, p.version_id, p.size, lock, versions),
+            parts,
+            self.parallel,
+        ):
+            report.findings += found
         self._check_unexpected(report, artifacts)
         data_key = self._data_key(report, body)
         if data_key is not None and self.sample_percent > 0:
@@ -241,45 +250,49 @@ class Verifier:
                 manifest_key(report.snapshot_id),
             )
 
-    def _check_object(
-        self, report: SnapshotReport, key: str, version_id: str | None, size: int | None, lock: Lock
-    ) -> None:
+    def _object_findings(
+        self,
+        key: str,
+        version_id: str | None,
+        size: int | None,
+        lock: Lock,
+        versions: dict[str, list[str]],
+    ) -> list[Finding]:
+        """What is wrong with one stored object: presence, size, lock, stacked versions
+        (``versions``: :meth:`ObjectStore.version_ids` of the snapshot's prefix)."""
+        found: list[Finding] = []
+
+        def add(kind: str, message: str) -> None:
+            found.append(Finding(kind, "error", message, key))
+
         try:
             info = self.store.head(key, version_id)
         except ObjectNotFound:
-            report.add("object_missing", f"{key} is missing from the store", key)
-            return
+            add("object_missing", f"{key} is missing from the store")
+            return found
         except LockRecordUnreadable as exc:  # a damaged lock proves no retention: same finding
-            report.add("lock_missing", f"{exc.message} (expected {_lock_text(lock)})", key)
-            return
+            add("lock_missing", f"{exc.message} (expected {_lock_text(lock)})")
+            return found
         if size is not None and info.size != size:
-            report.add(
-                "object_size_mismatch", f"{key} is {info.size} bytes; manifest says {size}", key
-            )
+            add("object_size_mismatch", f"{key} is {info.size} bytes; manifest says {size}")
         if info.lock is None:
-            report.add(
-                "lock_missing",
-                f"{key} has no Object Lock retention (expected {_lock_text(lock)})",
-                key,
-            )
+            add("lock_missing", f"{key} has no Object Lock retention (expected {_lock_text(lock)})")
         elif not info.lock.covers(lock):
-            report.add(
+            add(
                 "lock_weakened",
                 f"{key} is locked {_lock_text(info.lock)}; "
                 f"the snapshot requires {_lock_text(lock)}",
-                key,
             )
-        if info.version_id is not None:
-            versions = self.store.versions(key)
-            newest = versions[0].version_id if versions else None
-            reference = version_id or (versions[-1].version_id if versions else None)
-            if len(versions) > 1 and newest != reference:
-                report.add(
+        ids = versions.get(key, [])
+        if info.version_id is not None and len(ids) > 1:
+            reference = version_id or ids[-1]
+            if ids[0] != reference:
+                add(
                     "version_stacked",
-                    f"{key}: {len(versions) - 1} newer version(s) stacked on the locked original "
+                    f"{key}: {len(ids) - 1} newer version(s) stacked on the locked original "
                     f"{reference}; restores read the original",
-                    key,
                 )
+        return found
 
     def _check_hidden(self, report: SnapshotReport) -> None:
         for key in self.store.hidden(snapshot_prefix(report.snapshot_id)):

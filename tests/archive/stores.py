@@ -42,6 +42,9 @@ class Wrapped:
     def versions(self, key: str) -> builtins.list[ObjectInfo]:
         return self.inner.versions(key)
 
+    def version_ids(self, prefix: str = "") -> dict[str, builtins.list[str]]:
+        return self.inner.version_ids(prefix)
+
     def hidden(self, prefix: str = "") -> Iterator[str]:
         return self.inner.hidden(prefix)
 

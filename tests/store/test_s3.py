@@ -164,6 +164,27 @@ def test_new_version_stacked_on_a_locked_key_is_visible_while_the_original_stays
         s3_store.delete("snapshots/s1/manifest.json", original.version_id)
 
 
+def test_version_ids_lists_every_key_below_a_prefix_newest_first_in_one_listing(
+    s3_store: S3Store, raw_s3: Any, lock_bucket: str
+) -> None:
+    a = s3_store.put("snapshots/s1/parts/a", b"a", lock_in(3600))
+    b = s3_store.put("snapshots/s1/parts/b", b"b", lock_in(3600))
+    s3_store.put("snapshots/s10/parts/a", b"other snapshot", lock_in(3600))
+    stacked = raw_s3.put_object(
+        Bucket=lock_bucket,
+        Key="backups/snapshots/s1/parts/a",
+        Body=b"x",
+        ChecksumAlgorithm="SHA256",
+    )
+    raw_s3.delete_object(Bucket=lock_bucket, Key="backups/snapshots/s1/parts/b")  # a marker
+
+    assert s3_store.version_ids("snapshots/s1/") == {
+        "snapshots/s1/parts/a": [stacked["VersionId"], a.version_id],
+        "snapshots/s1/parts/b": [b.version_id],
+    }
+    assert s3_store.version_ids("snapshots/none/") == {}
+
+
 def test_multipart_upload_is_locked_on_the_server_itself(
     s3_store: S3Store, raw_s3: Any, lock_bucket: str
 ) -> None:

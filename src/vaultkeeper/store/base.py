@@ -96,6 +96,10 @@ class ObjectStore(Protocol):
     def versions(self, key: str) -> builtins.list[ObjectInfo]:
         """Every version of ``key``, newest first (a backend without versions returns one)."""
 
+    def version_ids(self, prefix: str = "") -> dict[str, builtins.list[str]]:
+        """The data version ids of every key below ``prefix``, newest first, from one listing
+        (no HEAD per version, no delete markers); {} on a backend without versions."""
+
     def hidden(self, prefix: str = "") -> Iterator[str]:
         """Yield keys below ``prefix`` that ``list`` does not show although data is still stored:
         on S3, keys whose latest version is a delete marker over locked versions (anyone with

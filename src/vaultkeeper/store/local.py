@@ -219,6 +219,10 @@ class LocalStore:
         except ObjectNotFound:
             return []
 
+    def version_ids(self, prefix: str = "") -> dict[str, builtins.list[str]]:
+        """A directory store keeps no versions."""
+        return {}
+
     def hidden(self, prefix: str = "") -> Iterator[str]:
         """A directory store has no delete markers: nothing is ever hidden."""
         return iter(())
