@@ -69,8 +69,8 @@ def load(
     try:
         # The locked original is the truth: a newer version stacked on the key is ignored here
         # (and reported by verify as version_stacked).
-        versions = store.versions(key)
-        original = versions[-1].version_id if versions else None
+        versions = store.version_ids(key).get(key, [])  # one listing, no HEAD per version
+        original = versions[-1] if versions else None
         data = store.get(key, original)
     except ObjectNotFound:
         raise NotFound(
