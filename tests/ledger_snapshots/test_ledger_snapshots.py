@@ -163,15 +163,24 @@ def test_locked_restic_repository_is_reported_by_verify(ledger_env) -> None:
     deadline = time.monotonic() + 60
     locks = ledger_env.store_dir / "restic" / "locks"
 
-    def written() -> bool:  # restic creates the lock file first and fills it after
-        return any(f.stat().st_size > 0 for f in locks.iterdir())
+    def written() -> bool:
+        # restic writes the lock as <id>-tmp-<n>, then renames it to <id>: wait for the rename
+        for f in locks.iterdir():
+            try:
+                if "-tmp-" not in f.name and f.stat().st_size > 0:
+                    return True
+            except FileNotFoundError:
+                continue
+        return False
 
-    while not written() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # the lock is complete on disk (restic then reads 200 MiB for seconds)
-    assert proc.poll() is None, "restic ended before it could be killed holding its lock"
-    proc.send_signal(signal.SIGKILL)  # leaves its lock behind
-    proc.wait()
+    try:
+        while not written() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # the lock is complete on disk (restic then reads 200 MiB for seconds)
+        assert proc.poll() is None, "restic ended before it could be killed holding its lock"
+    finally:
+        proc.send_signal(signal.SIGKILL)  # leaves its lock behind
+        proc.wait()
     assert written()
     report = ledger_env.cli_json("verify", sid, expect=10)
     finding = report["snapshots"][0]["findings"][0]
