@@ -12,7 +12,7 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -87,8 +87,12 @@ def no_inline_password(v: str) -> str:
     return v
 
 
+#: a libpq DSN (key=value or URI) that carries no password
+Dsn = Annotated[str, no_inline_password]
+
+
 class StoreConfig(Model):
-    url: str = field(check=_store_url)
+    url: Annotated[str, _store_url]
     lock: LockPolicy
     endpoint_url: str | None = None
     region: str | None = None
@@ -110,7 +114,7 @@ class KeysConfig(Model):
 
 class PostgresSource(Model):
     type: Literal["postgres"]
-    dsn: str = field(check=no_inline_password)
+    dsn: Dsn
     password: SecretRef | None = None
     #: directory of pg_dump/pg_restore (default: /usr/lib/postgresql/<major>/bin, then PATH)
     bin_dir: Path | None = None
@@ -270,7 +274,7 @@ class DrillTarget(Model):
 class AuditLogConfig(Model):
     """Where vaultkeeper writes its own destructive acts (expire, purge, restore --force)."""
 
-    dsn: str = field(check=no_inline_password)
+    dsn: Dsn
     password: SecretRef | None = None
     schema_name: str = field(default="vaultkeeper_audit", alias="schema")
     #: recorded as the actor of vaultkeeper's own entries

@@ -6,12 +6,12 @@ backup or verify of a small database. The config needs little of it: typed field
 per-field checks, a tagged union and cross-field rules. This module gives exactly that.
 
 A model subclasses :class:`Model` and annotates its fields; bounds and aliases go in
-:func:`field`. ``Cls.validate(data)`` converts a mapping (nested mappings become models, strings
-become paths, ``15m`` becomes a timedelta), collects every problem instead of stopping at the
-first, and raises :class:`ValidationError` whose ``errors`` are ``(location, message)`` pairs.
-Messages never repeat the offending value (it may be a secret). Cross-field rules live in
-``_check`` (raise ``ValueError``); they run whenever a model is built, directly or validated.
-Unknown keys are refused.
+:func:`field`, checks in ``Annotated``. ``Cls.validate(data)`` converts a mapping (nested
+mappings become models, strings become paths, ``15m`` becomes a timedelta), collects every
+problem instead of stopping at the first, and raises :class:`ValidationError` whose ``errors``
+are ``(location, message)`` pairs. Messages never repeat the offending value (it may be a
+secret). Cross-field rules live in ``_check`` (raise ``ValueError``); they run whenever a model
+is built, directly or validated. Unknown keys are refused.
 
 Supported annotations: ``str``, ``int``, ``float``, ``bool``, ``Path``, ``timedelta``, ``Any``,
 ``Literal[...]``, ``X | None``, ``list[X]``, ``dict[str, X]``, models, a union of models that
@@ -68,9 +68,8 @@ def field(
     le: float | None = None,
     min_length: int | None = None,
     max_length: int | None = None,
-    check: Callable[[Any], Any] | None = None,
 ) -> Any:
-    """A model field: its default, the key it has in the document, bounds and a check."""
+    """A model field: its default, the key it has in the document, its bounds."""
     meta = {
         k: v
         for k, v in (
@@ -80,7 +79,6 @@ def field(
             ("le", le),
             ("min_length", min_length),
             ("max_length", max_length),
-            ("check", check),
         )
         if v is not None
     }
@@ -187,11 +185,6 @@ def _bounded(value: Any, meta: Mapping[str, Any], loc: Loc, errors: list[tuple[L
         problem = f"should have at least {meta['min_length']} item(s)"
     elif "max_length" in meta and len(value) > meta["max_length"]:
         problem = f"should have at most {meta['max_length']} item(s)"
-    if problem is None and "check" in meta:
-        try:
-            return meta["check"](value)
-        except ValueError as exc:
-            problem = str(exc)
     if problem is not None:
         errors.append((loc, problem))
         return _FAIL

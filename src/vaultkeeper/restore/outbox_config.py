@@ -57,9 +57,7 @@ def _sink_dsn(v: str) -> str:
     return v
 
 
-def _http_url(v: str | None) -> str | None:
-    if v is None:
-        return v
+def _http_url(v: str) -> str:
     parts = urllib.parse.urlsplit(v)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL")
@@ -74,12 +72,16 @@ def _no_auth_header(v: dict[str, str]) -> dict[str, str]:
     return v
 
 
+#: an http:// or https:// URL without credentials
+HttpUrl = Annotated[str, _http_url]
+
+
 class PostgresSinkConfig(Model):
     """A table keyed by entity key. ``dsn: same`` means the restored database itself."""
 
     type: Literal["postgres"]
     #: ``same`` (the restored database) or a DSN without a password
-    dsn: str = field(default="same", check=_sink_dsn)
+    dsn: Annotated[str, _sink_dsn] = "same"
     password: SecretRef | None = None
     table: QualifiedName
     key_column: Ident = "entity_id"
@@ -106,16 +108,16 @@ class HttpSinkConfig(Model):
 
     type: Literal["http"]
     #: collection URL; item mode sends ``METHOD {url}/{quoted key}``
-    url: str = field(check=_http_url)
+    url: HttpUrl
     #: item: one request per entity; batch: one request per batch of ``{"items": [...]}``
     mode: Literal["item", "batch"] = "item"
     #: default: PUT in item mode, POST in batch mode
     method: Literal["PUT", "POST"] | None = None
     #: where ``keys()`` GETs the held keys (default: ``url``)
-    keys_url: str | None = field(default=None, check=_http_url)
+    keys_url: HttpUrl | None = None
     timeout_seconds: float = field(default=10.0, gt=0, le=600)
     #: extra non-secret headers
-    headers: dict[str, str] = field(default_factory=dict, check=_no_auth_header)
+    headers: Annotated[dict[str, str], _no_auth_header] = field(default_factory=dict)
     #: sent as ``Authorization: Bearer <token>``
     token: SecretRef | None = None
 
