@@ -23,6 +23,10 @@ def _doc() -> dict[str, Any]:
     return base_config(Path("/srv/vk"), "host=db.internal dbname=app", "file:///srv/vk/store")
 
 
+def _archive_table(source: str, **windows: str) -> dict[str, Any]:
+    return {"events": {"source": source, "table": "public.events", **windows}}
+
+
 def _problems(doc: dict[str, Any]) -> list[str]:
     with pytest.raises(ConfigError) as err:
         config.parse(doc, PATH)
@@ -89,8 +93,7 @@ def test_dangling_references_are_all_reported() -> None:
     doc = _doc()
     doc["jobs"]["appdb-nightly"]["source"] = "appdb-typo"
     doc["jobs"]["copy"] = {"kind": "copy", "store": "primary", "to_store": "offsite"}
-    doc["archive"] = {"events": {"source": "nope", "table": "public.events",
-                                 "hot_window": "7d", "archive_after": "30d"}}  # fmt: skip
+    doc["archive"] = _archive_table("nope", hot_window="7d", archive_after="30d")
     assert sorted(_problems(doc)) == [
         "archive.events.source: no postgres source named 'nope'",
         "jobs.appdb-nightly.source: no source named 'appdb-typo'",
@@ -100,8 +103,7 @@ def test_dangling_references_are_all_reported() -> None:
 
 def test_cross_field_rules_are_reported_at_their_model() -> None:
     doc = _doc()
-    doc["archive"] = {"events": {"source": "appdb", "table": "public.events",
-                                 "hot_window": "30d", "archive_after": "7d"}}  # fmt: skip
+    doc["archive"] = _archive_table("appdb", hot_window="30d", archive_after="7d")
     assert _problems(doc) == ["archive.events: hot_window must not be longer than archive_after"]
 
 
