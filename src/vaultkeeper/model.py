@@ -254,7 +254,13 @@ def _union(value: Any, arms: tuple[Any, ...], loc: Loc, errors: list[tuple[Loc, 
         return value
     if not isinstance(value, Mapping):
         return _fail(errors, loc, "should be a mapping of keys to values")
-    tags = {tag: arm for arm in rest for tag in typing.get_args(typing.get_type_hints(arm)["type"])}
+    tags = {
+        tag: arm
+        for arm in rest
+        for f in arm._fields()  # resolved once per model, not per document
+        if f.name == "type"
+        for tag in typing.get_args(f.tp)
+    }
     if "type" not in value:
         return _fail(errors, (*loc, "type"), f"required key is missing ({_one_of(tuple(tags))})")
     arm = tags.get(value["type"])
