@@ -26,7 +26,7 @@ import builtins
 import contextlib
 import dataclasses
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -225,43 +225,34 @@ class S3Store:
         validate_key(key)
         full = self._full(key)
         found: builtins.list[ObjectInfo] = []
-        paginator = self._client.get_paginator("list_object_versions")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
-                for v in page.get("Versions", []):
-                    if v.get("Key") != full or "VersionId" not in v:
-                        continue
-                    info = self._head(key, v["VersionId"])
-                    found.append(
-                        ObjectInfo(
-                            key=key,
-                            size=info.size,
-                            version_id=v["VersionId"],
-                            lock=info.lock,
-                            is_latest=bool(v.get("IsLatest")),
-                            last_modified=v.get("LastModified"),
-                        )
-                    )
-        except (ClientError, BotoCoreError) as exc:
-            raise self._fail(exc, "list the versions of", key) from exc
+        for section, v in self._listed_versions(full, "list the versions of", key):
+            if section != "Versions" or v.get("Key") != full or "VersionId" not in v:
+                continue
+            info = self._head(key, v["VersionId"])
+            found.append(
+                ObjectInfo(
+                    key=key,
+                    size=info.size,
+                    version_id=v["VersionId"],
+                    lock=info.lock,
+                    is_latest=bool(v.get("IsLatest")),
+                    last_modified=v.get("LastModified"),
+                )
+            )
         # S3 lists the versions of a key newest first; keep that order, latest in front
         return sorted(found, key=lambda i: not i.is_latest)
 
     def version_ids(self, prefix: str = "") -> dict[str, builtins.list[str]]:
-        """One paginated ListObjectVersions of ``prefix`` (S3 lists each key's versions newest
-        first), instead of a listing and a HEAD per version for every key as :meth:`versions`."""
-        start = self._key_prefix + prefix
-        found: dict[str, builtins.list[str]] = {}
-        paginator = self._client.get_paginator("list_object_versions")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=start):
-                for v in page.get("Versions", []):
-                    if "VersionId" in v:
-                        key = v["Key"][len(self._key_prefix) :]
-                        found.setdefault(key, []).append(v["VersionId"])
-        except (ClientError, BotoCoreError) as exc:
-            raise self._fail(exc, f"list the versions of keys starting with {prefix!r} in") from exc
-        return found
+        """One paginated ListObjectVersions of ``prefix``, in the order :meth:`versions` gives,
+        instead of a listing and a HEAD per version for every key as :meth:`versions` does."""
+        listed: dict[str, builtins.list[tuple[bool, str]]] = {}
+        action = f"list the versions of keys starting with {prefix!r} in"
+        for section, v in self._listed_versions(self._key_prefix + prefix, action):
+            if section == "Versions" and "VersionId" in v:
+                key = v["Key"][len(self._key_prefix) :]
+                listed.setdefault(key, []).append((not v.get("IsLatest"), v["VersionId"]))
+        # newest first as listed, the latest in front (a stable sort keeps the rest in order)
+        return {k: [vid for _, vid in sorted(vs, key=lambda e: e[0])] for k, vs in listed.items()}
 
     def hidden(self, prefix: str = "") -> Iterator[str]:
         """Keys below ``prefix`` whose latest version is a delete marker over stored data.
@@ -270,20 +261,31 @@ class S3Store:
         listings (and from ``list``), so verify looks for them explicitly.
         """
         start = self._key_prefix + prefix
+        action = f"list the versions of keys starting with {prefix!r} in"
         marked: set[str] = set()
         stored: set[str] = set()
-        paginator = self._client.get_paginator("list_object_versions")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=start):
-                for m in page.get("DeleteMarkers", []):
-                    if m.get("IsLatest"):
-                        marked.add(m["Key"])
-                for v in page.get("Versions", []):
-                    stored.add(v["Key"])
-        except (ClientError, BotoCoreError) as exc:
-            raise self._fail(exc, f"list the versions of keys starting with {prefix!r} in") from exc
+        for section, v in self._listed_versions(start, action):
+            if section == "Versions":
+                stored.add(v["Key"])
+            elif v.get("IsLatest"):
+                marked.add(v["Key"])
         for full in sorted(marked & stored):
             yield full[len(self._key_prefix) :]
+
+    def _listed_versions(
+        self, full_prefix: str, action: str, key: str | None = None
+    ) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        """``("Versions" | "DeleteMarkers", entry)`` for all ListObjectVersions lists under
+        ``full_prefix`` (bucket-relative), page by page; a failure names ``action``."""
+        paginator = self._client.get_paginator("list_object_versions")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                for version in page.get("Versions", []):
+                    yield "Versions", version
+                for marker in page.get("DeleteMarkers", []):
+                    yield "DeleteMarkers", marker
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, action, key) from exc
 
     def delete(self, key: str, version_id: str | None = None) -> None:
         """Permanently delete one version (the latest if none is named); never a delete marker.
